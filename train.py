@@ -1,0 +1,20 @@
+"""Train LeNet-5 on MNIST: `python train.py model=paper` (see README.md and conf/train.yaml)."""
+
+import os
+from pathlib import Path
+
+import hydra
+
+# conf/paths/default.yaml places data/ and outputs/ beside this file, wherever it is run from.
+os.environ.setdefault("LENET5_ROOT", str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg):
+    from lenet5.run import main as run  # imported here so that --help and --cfg stay fast
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -158,3 +158,15 @@ class RBFOutput(nn.Module):
 
     def connections(self, out_shape: Sequence[int]) -> int:
         return self.centers.numel()
+
+
+class SoftmaxOutput(Linear):
+    """The modern output layer: 84 -> 10 scores (logits) for softmax and cross-entropy.
+    The predicted class is the largest score."""
+
+    def __init__(self, in_features: int = 84, classes: int = 10) -> None:
+        super().__init__(in_features, classes)
+
+    @staticmethod
+    def predict(logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(dim=1)

@@ -7,6 +7,7 @@ checkpoint's hyperparameters are primitive (it loads with `torch.load(weights_on
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -16,6 +17,9 @@ from torchmetrics import MinMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lenet5.network import LeNet5
+
+# Lightning 2.6 calls an API that torch 2.14 deprecates, once per batch transfer: not ours to fix.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 PAPER_NET = {"_target_": "lenet5.LeNet5"}
 PAPER_LOSS = {"_target_": "lenet5.MAPLoss"}

@@ -44,19 +44,25 @@ class LeNet5(nn.Module):
         self.c3 = Convolution(6, 16, 5, table=c3_table)
         self.s4 = pooling(16, activation())
         self.c5 = Convolution(16, 120, 5)
+        self.flatten = nn.Flatten()
         self.f6 = Linear(120, 84)
         self.output = output(84)
         if init is not None:
             init(self)
 
+    def stages(self) -> tuple[nn.Module, ...]:
+        """The network in order: what `forward` runs, and what SDLM's second-order pass walks back.
+        S2 and S4 apply their own squashing (plain pooling variants apply none)."""
+        return (self.c1, self.act, self.s2,
+                self.c3, self.act, self.s4,
+                self.c5, self.act, self.flatten,
+                self.f6, self.act,
+                self.output)  # fmt: skip
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.c1(x))
-        x = self.s2(x)  # S2 and S4 apply their own squashing (or none, for plain pooling)
-        x = self.act(self.c3(x))
-        x = self.s4(x)
-        x = self.act(self.c5(x)).flatten(1)
-        x = self.act(self.f6(x))
-        return self.output(x)
+        for stage in self.stages():
+            x = stage(x)
+        return x
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """The predicted digit for each image: the output layer's decision (smallest RBF penalty)."""

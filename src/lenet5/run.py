@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import random
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,6 @@ from lenet5.module import LeNet5Module
 # Lightning prints through a console handler of its own and also propagates to the root logger,
 # which Hydra configures (console and the run's train.log): keep only Hydra's, so each line shows once.
 logging.getLogger("lightning").handlers.clear()
-# Lightning 2.6 calls an API that torch 2.14 deprecates, once per batch transfer: not ours to fix.
-warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 # The metrics that TensorBoard's HParams tab shows against each run's hyperparameters.
 HPARAM_METRICS = ("val/error_best", "test/error")

@@ -4,9 +4,13 @@ import os
 from pathlib import Path
 
 import hydra
+from omegaconf import OmegaConf
 
 # conf/paths/default.yaml places data/ and outputs/ beside this file, wherever it is run from.
 os.environ.setdefault("LENET5_ROOT", str(Path(__file__).resolve().parent))
+# A sweep job's directory is named after its overrides: make them one flat, short file name.
+OmegaConf.register_new_resolver(
+    "path_safe", lambda text: (text.replace("/", ".").replace(",", "_") or "defaults")[:120], replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

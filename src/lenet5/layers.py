@@ -111,6 +111,34 @@ class Subsampling(nn.Module):
         return maps * height * width * (self.size**2 + 1)
 
 
+class MaxPool(nn.Module):
+    """Modern pooling: the largest value of each 2x2 patch; no parameters and no squashing after
+    it (the layer before it has already applied its activation)."""
+
+    pool = staticmethod(F.max_pool2d)
+
+    def __init__(self, maps: int, activation: nn.Module | None = None, size: int = 2) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x, self.size)
+
+    def num_parameters(self) -> int:
+        return 0
+
+    def connections(self, out_shape: Sequence[int]) -> int:
+        maps, height, width = out_shape[-3:]
+        return maps * height * width * self.size**2
+
+
+class AvgPool(MaxPool):
+    """Plain average pooling of each 2x2 patch: the paper's subsampling without its trainable
+    coefficient, bias and squashing (as in the Keras write-ups)."""
+
+    pool = staticmethod(F.avg_pool2d)
+
+
 class Linear(nn.Linear):
     """A fully connected layer (F6, p.8): every parameter is one connection."""
 

@@ -7,13 +7,13 @@ checkpoint's hyperparameters are primitive (it loads with `torch.load(weights_on
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from torchmetrics import MinMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lenet5.network import LeNet5
@@ -47,7 +47,7 @@ class LeNet5Module(L.LightningModule):
         self.net: LeNet5 = instantiate(net or PAPER_NET)
         self.loss = instantiate(loss or PAPER_LOSS)
         self.train_error, self.val_error, self.test_error = ErrorRate(), ErrorRate(), ErrorRate()
-        self.val_error_best = MinMetric()
+        self.best_error, self.best_epoch = math.inf, -1  # val/error_best and the epoch that reached it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -72,8 +72,18 @@ class LeNet5Module(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:  # an untrained network's error is nobody's best
             return
-        self.val_error_best(self.val_error.compute())
-        self.log("val/error_best", self.val_error_best.compute(), prog_bar=True)
+        error = float(self.val_error.compute())
+        if error < self.best_error:
+            self.best_error, self.best_epoch = error, self.current_epoch
+        self.log("val/error_best", self.best_error, prog_bar=True)
+        self.log("val/error_best_epoch", float(self.best_epoch))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["val_error_best"] = {"error": self.best_error, "epoch": self.best_epoch}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        best = checkpoint.get("val_error_best", {})
+        self.best_error, self.best_epoch = best.get("error", math.inf), best.get("epoch", -1)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         loss = self._shared_step(batch, self.test_error)

@@ -26,6 +26,8 @@ class LeNet5(nn.Module):
       c3_table    the S2 maps feeding each C3 map (Table I); None connects all 6
       output      (84) -> module, the output layer; it also names its decision rule (`predict`)
       init        a function applied to the built network; None keeps PyTorch's defaults
+      input_size  32 (the paper: MNIST's 28x28 digits padded to 32x32), or 28 with C1 padded
+                  ('same') instead, as in the Keras write-ups; every later layer is unchanged
     """
 
     def __init__(
@@ -35,11 +37,14 @@ class LeNet5(nn.Module):
         c3_table: Sequence[Sequence[int]] | None = TABLE_I,
         output: Callable[[int], nn.Module] = RBFOutput,
         init: Callable[[nn.Module], None] | None = paper_init,
+        input_size: int = 32,
     ) -> None:
         super().__init__()
-        self.input_shape = (1, 32, 32)
+        if input_size not in (28, 32):
+            raise ValueError(f"LeNet-5 takes 32x32 inputs, or 28x28 with a padded C1; got {input_size}")
+        self.input_shape = (1, input_size, input_size)
         self.act = activation()
-        self.c1 = Convolution(1, 6, 5)
+        self.c1 = Convolution(1, 6, 5, padding=(32 - input_size) // 2)
         self.s2 = pooling(6, activation())
         self.c3 = Convolution(6, 16, 5, table=c3_table)
         self.s4 = pooling(16, activation())

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from lenet5.callbacks import EpochTimer
 from lenet5.mnist import DataError
 from lenet5.module import LeNet5Module
 
@@ -34,6 +37,26 @@ class ConfigError(Exception):
     """A configuration that composes but cannot be built; the message names the fix."""
 
 
+# Output layers, and the losses that make sense on them.
+HEAD_LOSSES = {"lenet5.layers.RBFOutput": ("lenet5.MAPLoss", "lenet5.MLELoss", "lenet5.losses.MAPLoss",
+                                           "lenet5.losses.MLELoss"),
+               "lenet5.layers.SoftmaxOutput": ("torch.nn.CrossEntropyLoss",)}
+NON_NEGATIVE_ACTIVATIONS = ("torch.nn.ReLU",)
+
+
+def check_compatible(cfg: DictConfig) -> None:
+    """Reject a combination of variants that cannot work, saying why and what to choose instead."""
+    net = cfg.model.net
+    output, loss = net.output.get("_target_"), cfg.model.loss.get("_target_")
+    if output in HEAD_LOSSES and loss not in HEAD_LOSSES[output]:
+        raise ConfigError(f"the loss {loss} does not fit the output layer {output}; choose the pair with "
+                          f"model/head=rbf_map, rbf_mle or softmax_ce")
+    if output == "lenet5.layers.RBFOutput" and net.activation.get("_target_") in NON_NEGATIVE_ACTIVATIONS:
+        raise ConfigError("model/activation=relu cannot feed the RBF output: F6's states would never be negative, "
+                          "but the digit bitmaps it must match are -1 where the digit has no ink. "
+                          "Choose model/head=softmax_ce, or model/activation=scaled_tanh or tanh")
+
+
 def _container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
@@ -47,6 +70,18 @@ def choose_seed(cfg: DictConfig) -> int:
             if saved.parent.is_dir():
                 OmegaConf.save(cfg, saved)
     return int(cfg.seed)
+
+
+def torch_threads(cfg: DictConfig) -> int:
+    """cfg.threads, or with 'auto' the cores divided among the jobs that a parallel launcher
+    (hydra/launcher=joblib) runs at once, so that parallel jobs do not oversubscribe the cores."""
+    if cfg.threads != "auto":
+        return int(cfg.threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    jobs = 1
+    if HydraConfig.initialized() and "n_jobs" in (launcher := HydraConfig.get().launcher):
+        jobs = cores if launcher.n_jobs in (None, -1) else max(1, int(launcher.n_jobs))
+    return max(1, cores // jobs)
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -65,9 +100,8 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
         elif node is not None:
             flat[prefix] = str(node)
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     for section in ("model", "optimizer", "scheduler", "data"):
-        walk(resolved.get(section), section)
+        walk(_container(cfg.get(section)), section)
     flat["trainer.max_epochs"] = cfg.trainer.get("max_epochs")
     flat["seed"] = cfg.seed
     flat.pop("data.data_dir", None)
@@ -102,32 +136,53 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, LeNet5Module, L.Train
     return datamodule, module, trainer
 
 
+def test_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
+    """The checkpoint that test/error is measured on: cfg.test_ckpt 'best' (by val/error) or 'last'."""
+    callback = trainer.checkpoint_callback
+    if cfg.test_ckpt == "best" and callback is not None and callback.best_model_path:
+        return callback.best_model_path
+    if cfg.test_ckpt not in ("best", "last"):
+        raise ConfigError(f"test_ckpt must be 'best' or 'last', got '{cfg.test_ckpt}'")
+    return None  # the weights as training left them
+
+
 def train(cfg: DictConfig) -> float | None:
-    """Fit, then test the best checkpoint on the official test set; returns val/error_best."""
+    """Fit, then test on the official test set; returns val/error_best (what sweeps minimize)."""
     seed = choose_seed(cfg)
-    torch.set_num_threads(cfg.threads)
+    threads = torch_threads(cfg)
+    torch.set_num_threads(threads)
     L.seed_everything(seed, workers=True, verbose=False)
     datamodule, module, trainer = build(cfg)
+    summary = module.net.summary()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     if trainer.is_global_zero:
         print(f"LeNet-5 ({HydraConfig.get().runtime.choices.get('model', 'custom')} model), seed {seed}, "
-              f"{cfg.threads} torch threads")
-        print(module.net.summary(), flush=True)
+              f"{threads} torch threads")
+        print(summary, flush=True)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     val_best = trainer.callback_metrics.get("val/error_best")
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    test_error = results[0]["test/error"]
+    best_epoch = int(trainer.callback_metrics.get("val/error_best_epoch", -1))
+    tested = test_checkpoint(cfg, trainer)
+    test_error = trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False)[0]["test/error"]
     if trainer.is_global_zero:
-        source = f"best checkpoint {Path(best).name}" if best else "final weights"
-        print(f"test error: {test_error:.2f}% on the 10,000 MNIST test images ({source})")
-        print(f"run directory: {HydraConfig.get().runtime.output_dir}", flush=True)
+        timer = next((c for c in trainer.callbacks if isinstance(c, EpochTimer)), None)
+        results = {"test_error": test_error, "val_error_best": None if val_best is None else float(val_best),
+                   "best_epoch": best_epoch, "epochs": trainer.current_epoch, "parameters": summary.parameters,
+                   "connections": summary.connections, "seed": seed, "threads": threads, "tested": Path(tested).name if tested else "last",
+                   "seconds_per_epoch": sum(timer.seconds) / len(timer.seconds) if timer and timer.seconds else None}
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        source = f"best checkpoint {Path(tested).name}" if tested else "weights after the last epoch"
+        images = len(datamodule.splits["test"][1])
+        print(f"test error: {test_error:.2f}% on the {images:,} MNIST test images ({source})")
+        print(f"run directory: {run_dir}", flush=True)
     return None if val_best is None else float(val_best)
 
 
 def main(cfg: DictConfig) -> float | None:
     """train(cfg), with a user's mistake reported as one line instead of a traceback."""
     try:
+        check_compatible(cfg)
         return train(cfg)
     except (DataError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)

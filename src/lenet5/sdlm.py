@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet5.layers import Convolution, Linear, RBFOutput, ScaledTanh, SoftmaxOutput, Subsampling
+from lenet5.layers import AvgPool, Convolution, MaxPool, RBFOutput, ScaledTanh, SoftmaxOutput, Subsampling
 from lenet5.losses import MAPLoss, MLELoss
 
 Hessian = dict[nn.Parameter, torch.Tensor]
@@ -83,6 +83,15 @@ def _subsampling(layer: Subsampling, x: torch.Tensor, g: torch.Tensor, hessian: 
     return F.pad(g_x, (0, x.shape[-1] - g_x.shape[-1], 0, x.shape[-2] - g_x.shape[-2]))
 
 
+def _pooling(layer: MaxPool, x: torch.Tensor, g: torch.Tensor, hessian: Hessian) -> torch.Tensor:
+    """Max pooling passes each unit's value from one input (slope 1); averaging weighs each of the
+    size^2 inputs by 1/size^2, whose square is the slope times 1/size^2."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        (g_x,) = torch.autograd.grad(layer(x), x, g)
+    return g_x / layer.size**2 if isinstance(layer, AvgPool) else g_x
+
+
 def _linear(layer: nn.Linear, x: torch.Tensor, g: torch.Tensor, hessian: Hessian) -> torch.Tensor:
     _accumulate(hessian, layer.weight, g.t() @ x.square())
     _accumulate(hessian, layer.bias, g.sum(0))
@@ -97,6 +106,7 @@ def _flatten(layer: nn.Module, x: torch.Tensor, g: torch.Tensor, hessian: Hessia
 RULES: dict[type, Rule] = {
     Convolution: _convolution,
     Subsampling: _subsampling,
+    MaxPool: _pooling,  # and AvgPool, its subclass
     nn.Linear: _linear,
     nn.Flatten: _flatten,
     ScaledTanh: _elementwise,

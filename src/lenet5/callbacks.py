@@ -1,0 +1,44 @@
+"""Lightning callbacks that measure and show a run; each is switched on or off in conf/callbacks/."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+
+
+class EpochTimer(L.Callback):
+    """Logs time/epoch_seconds (the training part of each epoch, without validation) and
+    time/images_per_second; keeps the list in `seconds` for the run's results.json."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start: float | None = None
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._images = 0
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._images += len(batch[1])
+
+    def _stop(self) -> None:
+        if self._start is not None:
+            self.seconds.append(time.perf_counter() - self._start)
+            self._start = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop()  # Lightning validates inside the training epoch: stop the clock before it
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop()
+        seconds = self.seconds[-1]
+        pl_module.log_dict({"time/epoch_seconds": seconds, "time/images_per_second": self._images / seconds},
+                           on_step=False, on_epoch=True)
+
+    def state_dict(self) -> dict:
+        return {"seconds": list(self.seconds)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.seconds = list(state_dict.get("seconds", []))

@@ -1,0 +1,140 @@
+"""Turn sweeps and runs into a results table.
+
+    python -m lenet5.report outputs/multirun/2026-11-22/10-00-00-000000 [more sweeps or runs] [--csv out.csv]
+
+Every directory below the given paths that holds a Hydra run (.hydra/config.yaml) is a run. Runs
+whose overrides differ only by seed are one configuration: its row gives the final test error as
+mean +- standard deviation over the seeds, the number of seeds, the best epoch (by val/error),
+the epochs trained, the trainable parameters and the training seconds per epoch. The table is
+printed as Markdown and written as CSV. A run without results.json (failed, or still running) is
+listed below the table, never counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+# Overrides that say where things go, not what is trained: they do not tell configurations apart.
+IGNORED = re.compile(r"^(seed|paths\.|data\.data_dir|hydra\.|threads|callbacks\.progress_bar)")
+
+
+COLUMNS = ["configuration", "test_error_mean", "test_error_std", "seeds", "best_epoch", "epochs", "parameters",
+           "seconds_per_epoch"]
+
+
+@dataclass
+class Run:
+    path: Path
+    configuration: str
+    results: dict | None
+    status: str = "done"
+
+
+@dataclass
+class Row:
+    configuration: str
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, key: str) -> list[float]:
+        return [run.results[key] for run in self.runs if run.results.get(key) is not None]
+
+    def cells(self) -> dict[str, str | float | int]:
+        errors = self.values("test_error")
+        seconds = self.values("seconds_per_epoch")
+        best = self.values("best_epoch")
+        return {
+            "configuration": self.configuration,
+            "test_error_mean": round(statistics.mean(errors), 3),
+            "test_error_std": round(statistics.stdev(errors), 3) if len(errors) > 1 else "",
+            "seeds": len(errors),
+            "best_epoch": round(statistics.fmean(best) + 1, 1) if best else "",  # 1-based, like the paper's passes
+            "epochs": max(self.values("epochs")),
+            "parameters": self.runs[0].results["parameters"],
+            "seconds_per_epoch": round(statistics.mean(seconds), 1) if seconds else "",
+        }
+
+
+def natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def find_runs(paths: list[Path]) -> list[Run]:
+    runs = []
+    for root in paths:
+        configs = [root / ".hydra/config.yaml"] if (root / ".hydra/config.yaml").exists() else \
+            sorted(root.rglob(".hydra/config.yaml"), key=natural_key)
+        for config in configs:
+            run_dir = config.parent.parent
+            overrides = yaml.safe_load((run_dir / ".hydra/overrides.yaml").read_text()) or []
+            key = " ".join(sorted(o for o in overrides if not IGNORED.match(o.lstrip("+~")))) or "defaults"
+            results_file = run_dir / "results.json"
+            if results_file.exists():
+                runs.append(Run(run_dir, key, json.loads(results_file.read_text())))
+            else:
+                log = "\n".join(p.read_text(errors="replace") for p in run_dir.glob("*.log"))
+                failed = "Traceback" in log or "Error" in log or "error:" in log
+                runs.append(Run(run_dir, key, None, "failed" if failed else "unfinished"))
+    return runs
+
+
+def tabulate(runs: list[Run]) -> list[Row]:
+    rows: dict[str, Row] = {}
+    for run in runs:
+        if run.results is not None:
+            rows.setdefault(run.configuration, Row(run.configuration)).runs.append(run)
+    return list(rows.values())
+
+
+def markdown(rows: list[Row], runs: list[Run]) -> str:
+    lines = ["| configuration | test error (%) | seeds | best epoch | epochs | parameters | s/epoch |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        c = row.cells()
+        error = f"{c['test_error_mean']:.2f} ± {c['test_error_std']:.2f}" if c["test_error_std"] != "" \
+            else f"{c['test_error_mean']:.2f}"
+        lines.append(f"| {c['configuration']} | {error} | {c['seeds']} | {c['best_epoch']} | {c['epochs']} | "
+                     f"{c['parameters']:,} | {c['seconds_per_epoch']} |")
+    incomplete = [run for run in runs if run.results is None]
+    if incomplete:
+        lines += ["", "Not counted (no results.json):"]
+        lines += [f"- {run.status}: {run.path} ({run.configuration})" for run in incomplete]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lenet5.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="sweep directories, run directories, or folders of them")
+    parser.add_argument("--csv", type=Path, help="where to write the CSV (default: report.csv in the first path)")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.paths if not p.is_dir()]
+    if missing:
+        print(f"error: not a directory: {', '.join(missing)}; give sweep or run directories under outputs/",
+              file=sys.stderr)
+        return 2
+    runs = find_runs(args.paths)
+    if not runs:
+        print(f"error: no Hydra runs (.hydra/config.yaml) under {', '.join(map(str, args.paths))}", file=sys.stderr)
+        return 2
+    rows = tabulate(runs)
+    print(markdown(rows, runs))
+    out = args.csv or args.paths[0] / "report.csv"
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row.cells())
+    print(f"\nCSV: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

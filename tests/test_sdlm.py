@@ -237,3 +237,19 @@ def test_curvature_is_estimated_before_every_pass_and_kept_fixed_during_it(tiny_
     assert [(count, step) for count, step, _ in estimates] == [(100, 0), (100, steps_per_pass), (100, 2 * steps_per_pass)]
     assert fixed_during_pass == [True, True, True]
     assert sdlm.CurvatureEstimate().patterns == 500
+
+
+def test_train_py_with_sdlm_and_the_paper_schedule(tiny_mnist, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import run_train, tiny_run_overrides
+
+    result = run_train(*tiny_run_overrides(tiny_mnist, tmp_path, "optimizer=sdlm", "scheduler=paper",
+                                           "trainer.max_epochs=3", "callbacks=minimal"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [round(e.value, 8) for e in events.Scalars("lr-SDLM")] == [5e-4, 5e-4, 2e-4]
+    assert len(events.Scalars("sdlm/estimate_seconds")) == 3
+    assert all(e.value <= 5e-4 / 0.02 + 1e-9 for e in events.Scalars("sdlm/rate_max"))
+    assert all(0 < e.value for e in events.Scalars("sdlm/rate_min"))

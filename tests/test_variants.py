@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from lenet5.module import LeNet5Module
-from lenet5.run import ConfigError, build, check_compatible
+from lenet5.run import ConfigError, build, check_config
 from lenet5.sdlm import diagonal_hessian
 
 from conftest import ROOT, run_train, tiny_run_overrides
@@ -52,7 +52,7 @@ def compatible_overrides(group: str, option: str) -> list[str]:
 def test_every_option_of_every_group_composes_and_instantiates(tmp_path, group, option):
     overrides = compatible_overrides(group[6:], option) if group.startswith("model/") else [f"{group}={option}"]
     cfg = compose_config(tmp_path, *overrides)
-    check_compatible(cfg)
+    check_config(cfg)
     datamodule, module, trainer = build(cfg)
     assert module.net(torch.zeros(2, *module.net.input_shape)).shape == (2, 10)
     assert datamodule.input_size == cfg.model.input.size
@@ -112,7 +112,7 @@ def test_paper_preset_is_every_paper_choice(tmp_path):
 def test_relu_with_the_rbf_output_is_refused_with_the_reason_and_the_fix(tmp_path):
     cfg = compose_config(tmp_path, "model/activation=relu")
     with pytest.raises(ConfigError, match="never be negative.*model/head=softmax_ce"):
-        check_compatible(cfg)
+        check_config(cfg)
     result = run_train("model/activation=relu", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: model/activation=relu cannot feed the RBF")
@@ -121,7 +121,7 @@ def test_relu_with_the_rbf_output_is_refused_with_the_reason_and_the_fix(tmp_pat
 def test_mismatched_loss_and_output_is_refused(tmp_path):
     cfg = compose_config(tmp_path, "model/head=softmax_ce", "model.loss._target_=lenet5.MAPLoss")
     with pytest.raises(ConfigError, match="does not fit the output layer"):
-        check_compatible(cfg)
+        check_config(cfg)
 
 
 def sweep_overrides(tiny_mnist: Path, sweep_dir: Path, *extra: str) -> list[str]:

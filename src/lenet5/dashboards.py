@@ -120,22 +120,27 @@ def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, classes: i
     return torch.bincount(labels * classes + predictions, minlength=classes * classes).view(classes, classes)
 
 
+def confusion_figure(counts: torch.Tensor) -> np.ndarray:
+    """The confusion matrix drawn with its counts, as an HWC image."""
+    figure, ax = plt.subplots(figsize=(5.5, 5))
+    ax.imshow(counts.float().log1p().numpy(), cmap="Blues")
+    for (true, predicted), count in np.ndenumerate(counts.numpy()):
+        if count:
+            ax.text(predicted, true, str(count), ha="center", va="center", fontsize=7,
+                    color="white" if true == predicted else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(10))
+    return figure_to_image(figure)
+
+
 class ConfusionMatrix(PredictionPanel):
     """The confusion matrix as a figure, and its counts as a text table (true class per row)."""
 
     def draw(self, writer, stage, images, labels, predictions, step) -> None:
         counts = confusion_matrix(labels, predictions)
-        figure, ax = plt.subplots(figsize=(5.5, 5))
-        ax.imshow(counts.float().log1p().numpy(), cmap="Blues")
-        for (true, predicted), count in np.ndenumerate(counts.numpy()):
-            if count:
-                ax.text(predicted, true, str(count), ha="center", va="center", fontsize=7,
-                        color="white" if true == predicted else "black")
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_xticks(range(10))
-        ax.set_yticks(range(10))
-        writer.add_image(f"{stage}/confusion_matrix", figure_to_image(figure), step, dataformats="HWC")
+        writer.add_image(f"{stage}/confusion_matrix", confusion_figure(counts), step, dataformats="HWC")
         header = "| true \\ predicted | " + " | ".join(map(str, range(10))) + " |\n|---" * 11 + "|\n"
         rows = "".join(f"| {true} | " + " | ".join(str(int(c)) for c in row) + " |\n"
                        for true, row in enumerate(counts))

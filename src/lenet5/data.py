@@ -46,6 +46,11 @@ def _unit(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tenso
 SCALINGS = {"paper": _paper, "standardize": _standardize, "unit": _unit}
 
 
+def scale_input(field: torch.Tensor, spec: dict) -> torch.Tensor:
+    """[0, 1] fields -> network inputs, as the data module of a run scaled them (its `input_spec`)."""
+    return SCALINGS[spec["scaling"]](field, torch.tensor(spec["mean"]), torch.tensor(spec["std"]))
+
+
 def to_paper_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 28, 28), 0 = background, 255 = ink -> float (N, 1, 32, 32) in [-0.1, 1.175]."""
     return _paper(to_unit_field(images, 32), None, None)
@@ -137,6 +142,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.splits["test"] = (test_x, test_labels)
         self.splits.setdefault("val", self.splits["test"])
         mean, std = self.splits["train"][0].mean(), self.splits["train"][0].std()
+        self.input_spec = {"size": self.input_size, "scaling": self.scaling, "mean": float(mean), "std": float(std)}
         scale = SCALINGS[self.scaling]
         for split in ("train", "test", "val") if self.val == "holdout" else ("train", "test"):
             scale(self.splits[split][0], mean, std)  # in place; with val=test, val is the test tensor

@@ -8,6 +8,7 @@ checkpoint's hyperparameters are primitive (it loads with `torch.load(weights_on
 from __future__ import annotations
 
 import math
+import random
 import warnings
 from typing import Any
 
@@ -65,6 +66,10 @@ class MeanLoss(Metric):
         return self.sum / self.count
 
 
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite: training stops before the bad weights are saved."""
+
+
 class LeNet5Module(L.LightningModule):
     """Trains a `LeNet5` with a loss on its outputs; logs train/loss, train/error, val/error,
     val/error_best and test/error (percent)."""
@@ -72,9 +77,10 @@ class LeNet5Module(L.LightningModule):
     def __init__(self, net: dict | None = None, loss: dict | None = None, optimizer: dict | None = None,
                  scheduler: dict | None = None) -> None:
         super().__init__()
+        net, loss, optimizer = net or PAPER_NET, loss or PAPER_LOSS, optimizer or DEFAULT_OPTIMIZER
         self.save_hyperparameters(logger=False)  # the run's whole config goes to the logger instead
-        self.net: LeNet5 = instantiate(net or PAPER_NET)
-        self.loss = instantiate(loss or PAPER_LOSS)
+        self.net: LeNet5 = instantiate(net)
+        self.loss = instantiate(loss)
         self.train_error, self.val_error, self.test_error = ErrorRate(), ErrorRate(), ErrorRate()
         self.train_loss, self.val_loss, self.test_loss = MeanLoss(), MeanLoss(), MeanLoss()
         self.best_error, self.best_epoch = math.inf, -1  # val/error_best and the epoch that reached it
@@ -95,7 +101,13 @@ class LeNet5Module(L.LightningModule):
     # Metrics are accumulated on the device each step and logged once per epoch: a self.log()
     # call costs about a millisecond, more than the whole step of a batch of one image.
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, self.train_error, self.train_loss)[0]
+        loss = self._shared_step(batch, self.train_error, self.train_loss)[0]
+        if not torch.isfinite(loss):  # checked before the step can spread it into the weights
+            raise NonFiniteLoss(f"the training loss became {loss.item()} at step {self.global_step} (epoch "
+                                f"{self.current_epoch}, batch {batch_idx}); training stopped before saving it. "
+                                f"Lower optimizer.lr (for SDLM, or raise optimizer.mu), and resume from the last "
+                                f"good checkpoint with `python train.py resume=<run directory>`")
+        return loss
 
     def on_train_epoch_end(self) -> None:
         self.log("train/loss", self.train_loss, prog_bar=True)
@@ -116,12 +128,23 @@ class LeNet5Module(L.LightningModule):
         self.log("val/error_best", self.best_error, prog_bar=True)
         self.log("val/error_best_epoch", float(self.best_epoch))
 
+    # A resumed run continues exactly where it stopped: the best error so far and the random
+    # generators (the distortions draw from torch's) travel with the checkpoint, as primitives and
+    # tensors only, so that torch.load(weights_only=True) reads it.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_error_best"] = {"error": self.best_error, "epoch": self.best_epoch}
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        spec = getattr(self._trainer and self._trainer.datamodule, "input_spec", None)
+        if spec is not None:  # how images were scaled, so that predict.py scales new ones alike
+            checkpoint["input"] = dict(spec)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         best = checkpoint.get("val_error_best", {})
         self.best_error, self.best_epoch = best.get("error", math.inf), best.get("epoch", -1)
+        if "rng" in checkpoint and self._trainer is not None and self._trainer.state.fn == "fit":
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            version, state, gauss = checkpoint["rng"]["python"]
+            random.setstate((version, tuple(state), gauss))
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return {"predictions": self._shared_step(batch, self.test_error, self.test_loss)[1]}
@@ -131,7 +154,7 @@ class LeNet5Module(L.LightningModule):
         self.log("test/error", self.test_error)
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER)(self.parameters())
+        optimizer = instantiate(self.hparams.optimizer)(self.parameters())
         if not self.hparams.scheduler:
             return optimizer
         scheduler = dict(self.hparams.scheduler)

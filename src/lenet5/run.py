@@ -22,8 +22,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lenet5.callbacks import EpochTimer
+from lenet5.checkpoints import CheckpointError
 from lenet5.mnist import DataError
-from lenet5.module import LeNet5Module
+from lenet5.module import LeNet5Module, NonFiniteLoss
 
 # Lightning prints through a console handler of its own and also propagates to the root logger,
 # which Hydra configures (console and the run's train.log): keep only Hydra's, so each line shows once.
@@ -44,8 +45,12 @@ HEAD_LOSSES = {"lenet5.layers.RBFOutput": ("lenet5.MAPLoss", "lenet5.MLELoss", "
 NON_NEGATIVE_ACTIVATIONS = ("torch.nn.ReLU",)
 
 
-def check_compatible(cfg: DictConfig) -> None:
-    """Reject a combination of variants that cannot work, saying why and what to choose instead."""
+def check_config(cfg: DictConfig) -> None:
+    """Reject values and combinations that cannot work, saying why and what to choose instead."""
+    for key in ("data.batch_size", "data.eval_batch_size", "trainer.max_epochs"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key} must be a whole number of at least 1, got {value!r}")
     net = cfg.model.net
     output, loss = net.output.get("_target_"), cfg.model.loss.get("_target_")
     if output in HEAD_LOSSES and loss not in HEAD_LOSSES[output]:
@@ -198,8 +203,8 @@ def train(cfg: DictConfig) -> float | None:
 def main(cfg: DictConfig) -> float | None:
     """train(cfg), with a user's mistake reported as one line instead of a traceback."""
     try:
-        check_compatible(cfg)
+        check_config(cfg)
         return train(cfg)
-    except (DataError, ConfigError) as error:
+    except (DataError, ConfigError, CheckpointError, NonFiniteLoss) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

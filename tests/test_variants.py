@@ -196,4 +196,4 @@ def test_optuna_sweeper_minimizes_val_error_best(tiny_mnist, tmp_path):
     assert len(list(sweep.glob("*/results.json"))) == 2
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["name"] == "optuna" and 0.0 <= best["best_value"] <= 100.0
-    assert set(best["best_params"]) == {"optimizer.lr", "optimizer.momentum", "data.batch_size"}
+    assert set(best["best_params"]) == {"optimizer.lr", "optimizer.mu", "model.loss.j"}

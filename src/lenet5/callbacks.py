@@ -34,8 +34,10 @@ class EpochTimer(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop()
         seconds = self.seconds[-1]
-        pl_module.log_dict({"time/epoch_seconds": seconds, "time/images_per_second": self._images / seconds},
-                           on_step=False, on_epoch=True)
+        # under DDP: the slowest process's time, and the images of all processes per second
+        pl_module.log("time/epoch_seconds", seconds, on_epoch=True, sync_dist=True, reduce_fx="max")
+        pl_module.log("time/images_per_second", self._images / seconds, on_epoch=True, sync_dist=True,
+                      reduce_fx="sum")
 
     def state_dict(self) -> dict:
         return {"seconds": list(self.seconds)}

@@ -61,32 +61,48 @@ class EpochOrder:
 
     Lightning calls `set_epoch` before every epoch (as it does for a DistributedSampler), so a
     resumed run visits the samples in the same order as an uninterrupted one.
+
+    Under DDP, process `rank` of `world` takes every world-th sample of the same permutation, so
+    that one step's batches across the processes are exactly one single-process batch of
+    world x batch_size. Training pads the permutation with its first samples to a multiple of
+    `world` (as DistributedSampler does) so that every process takes the same number of steps;
+    evaluation does not pad, so no image is counted twice in a test error.
     """
 
-    def __init__(self, size: int, shuffle: bool, seed: int) -> None:
+    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1, pad: bool = False) -> None:
         self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 0
+        self.rank, self.world, self.pad = rank, world, pad
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def __len__(self) -> int:
+        total = -(-self.size // self.world) * self.world if self.pad else self.size
+        return len(range(self.rank, total, self.world))
+
     def indices(self) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.size)
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.size, generator=generator)
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        else:
+            order = torch.arange(self.size)
+        if self.world == 1:
+            return order
+        if self.pad and self.size % self.world:
+            order = torch.cat([order, order[: self.world - self.size % self.world]])
+        return order[self.rank::self.world]
 
 
 class IndexBatches:
     """Mini-batches of (images, labels) drawn by index from two whole-split tensors."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 shuffle: bool = False, seed: int = 0) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, rank: int = 0, world: int = 1) -> None:
         self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.sampler = EpochOrder(len(images), shuffle, seed)
+        self.sampler = EpochOrder(len(images), shuffle, seed, rank, world, pad=shuffle)
         self.batch_sampler = None  # Lightning inspects loaders as if they were DataLoaders
 
     def __len__(self) -> int:
-        return -(-len(self.images) // self.batch_size)
+        return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self):
         order = self.sampler.indices()
@@ -154,11 +170,16 @@ class MNISTDataModule(L.LightningDataModule):
             return self.distortion(images), labels
         return batch
 
+    def _shard(self) -> dict[str, int]:
+        """This process's share of every split under DDP (rank, world size); all of it otherwise."""
+        trainer = self.trainer
+        return {"rank": trainer.global_rank, "world": trainer.world_size} if trainer is not None else {}
+
     def train_dataloader(self) -> IndexBatches:
-        return IndexBatches(*self.splits["train"], self.batch_size, shuffle=True, seed=self.seed)
+        return IndexBatches(*self.splits["train"], self.batch_size, shuffle=True, seed=self.seed, **self._shard())
 
     def val_dataloader(self) -> IndexBatches:
-        return IndexBatches(*self.splits["val"], self.eval_batch_size)
+        return IndexBatches(*self.splits["val"], self.eval_batch_size, **self._shard())
 
     def test_dataloader(self) -> IndexBatches:
-        return IndexBatches(*self.splits["test"], self.eval_batch_size)
+        return IndexBatches(*self.splits["test"], self.eval_batch_size, **self._shard())

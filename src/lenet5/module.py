@@ -125,8 +125,9 @@ class LeNet5Module(L.LightningModule):
             return
         if error < self.best_error:
             self.best_error, self.best_epoch = error, self.current_epoch
-        self.log("val/error_best", self.best_error, prog_bar=True)
-        self.log("val/error_best_epoch", float(self.best_epoch))
+        # the same on every process (val/error is already summed across them): sync_dist is a formality
+        self.log("val/error_best", self.best_error, prog_bar=True, sync_dist=True)
+        self.log("val/error_best_epoch", float(self.best_epoch), sync_dist=True)
 
     # A resumed run continues exactly where it stopped: the best error so far and the random
     # generators (the distortions draw from torch's) travel with the checkpoint, as primitives and

@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lenet5.callbacks import EpochTimer
@@ -78,14 +79,18 @@ def choose_seed(cfg: DictConfig) -> int:
 
 
 def torch_threads(cfg: DictConfig) -> int:
-    """cfg.threads, or with 'auto' the cores divided among the jobs that a parallel launcher
-    (hydra/launcher=joblib) runs at once, so that parallel jobs do not oversubscribe the cores."""
+    """cfg.threads, or with 'auto' the cores divided among the processes that share them: the jobs
+    a parallel launcher (hydra/launcher=joblib) runs at once, times the DDP processes of a job on
+    the CPU (trainer=ddp_cpu), so that they do not oversubscribe the cores."""
     if cfg.threads != "auto":
         return int(cfg.threads)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     jobs = 1
     if HydraConfig.initialized() and "n_jobs" in (launcher := HydraConfig.get().launcher):
         jobs = cores if launcher.n_jobs in (None, -1) else max(1, int(launcher.n_jobs))
+    devices = cfg.trainer.get("devices", 1)
+    if cfg.trainer.get("accelerator") == "cpu" and isinstance(devices, int) and devices > 1:
+        jobs *= devices
     return max(1, cores // jobs)
 
 
@@ -128,6 +133,7 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+@rank_zero_only
 def log_hparams(loggers: list[Any], hparams: dict[str, Any]) -> None:
     for logger in loggers:
         logger.log_hyperparams(hparams)

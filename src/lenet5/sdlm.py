@@ -209,20 +209,26 @@ class SDLM(torch.optim.Optimizer):
 
 class CurvatureEstimate(L.Callback):
     """Before every pass, re-estimate SDLM's h_kk on `patterns` training patterns (Appendix C) and
-    log its cost (sdlm/estimate_seconds) and the range of effective rates (sdlm/rate_min, rate_max)."""
+    log its cost (sdlm/estimate_seconds) and the range of effective rates (sdlm/rate_min, rate_max).
+
+    The patterns are the first ones of the pass. Under DDP each of the W processes takes its first
+    patterns / W (together, the same patterns a single process would take) and the estimates are
+    averaged across processes, so every replica steps with the same h_kk and they stay identical.
+    """
 
     def __init__(self, patterns: int = PAPER_PATTERNS) -> None:
         self.patterns = patterns
 
     def _draw(self, trainer: L.Trainer, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        wanted = -(-self.patterns // trainer.world_size)
         images, labels, count = [], [], 0
         for batch_images, batch_labels in trainer.train_dataloader:
             images.append(batch_images)
             labels.append(batch_labels)
             count += len(batch_labels)
-            if count >= self.patterns:
+            if count >= wanted:
                 break
-        return torch.cat(images)[: self.patterns].to(device), torch.cat(labels)[: self.patterns].to(device)
+        return torch.cat(images)[:wanted].to(device), torch.cat(labels)[:wanted].to(device)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         optimizers = [opt for opt in trainer.optimizers if isinstance(opt, SDLM)]
@@ -231,9 +237,11 @@ class CurvatureEstimate(L.Callback):
         start = time.perf_counter()
         images, labels = self._draw(trainer, pl_module.device)
         hessian = diagonal_hessian(pl_module.net, pl_module.loss, images, labels)
+        if trainer.world_size > 1:
+            hessian = {p: trainer.strategy.reduce(h, reduce_op="mean") for p, h in hessian.items()}
         for optimizer in optimizers:
             optimizer.set_curvature(hessian)
         seconds = time.perf_counter() - start
         rates = optimizers[0].effective_rates()
         pl_module.log_dict({"sdlm/estimate_seconds": seconds, "sdlm/rate_min": rates.min(),
-                            "sdlm/rate_max": rates.max()}, on_step=False, on_epoch=True)
+                            "sdlm/rate_max": rates.max()}, on_step=False, on_epoch=True, sync_dist=True)

@@ -175,6 +175,7 @@ class SDLM(torch.optim.Optimizer):
         if not lr > 0 or not mu > 0:
             raise ValueError(f"SDLM needs lr > 0 and mu > 0, got lr={lr}, mu={mu}")
         super().__init__(params, {"lr": lr, "mu": mu})
+        self._denominators: dict[torch.Tensor, tuple[torch.Tensor, float, torch.Tensor]] = {}
 
     @torch.no_grad()
     def set_curvature(self, hessian: Hessian) -> None:
@@ -196,14 +197,22 @@ class SDLM(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                curvature = self.state[param].get("curvature")
-                if curvature is None:
-                    raise RuntimeError("SDLM has no curvature estimate: call set_curvature() before step(), "
-                                       "or train with the lenet5.sdlm.CurvatureEstimate callback")
-                param.addcdiv_(param.grad, curvature + group["mu"], value=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if any("curvature" not in self.state[p] for p in params):
+                raise RuntimeError("SDLM has no curvature estimate: call set_curvature() before step(), "
+                                   "or train with the lenet5.sdlm.CurvatureEstimate callback")
+            # mu + h_kk is fixed for a whole pass: computed once per estimate (kept out of the saved state)
+            denominators = []
+            for p in params:
+                curvature = self.state[p]["curvature"]
+                cached = self._denominators.get(p)
+                if cached is None or cached[0] is not curvature or cached[1] != group["mu"]:
+                    cached = self._denominators[p] = (curvature, group["mu"], curvature + group["mu"])
+                denominators.append(cached[2])
+            # w_k <- w_k - eta * g_k / (mu + h_kk), for all parameters in one fused call
+            torch._foreach_addcdiv_(params, [p.grad for p in params], denominators, value=-group["lr"])
         return loss
 
 

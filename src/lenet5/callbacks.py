@@ -6,6 +6,25 @@ import time
 
 import lightning as L
 
+# Hooks that Lightning calls for every callback on every batch or every update.
+PER_STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
+                  "on_before_optimizer_step", "on_before_zero_grad")
+
+
+def skip_unused_hooks(callbacks: list[L.Callback]) -> list[L.Callback]:
+    """Let Lightning skip the per-step hooks a callback does not implement.
+
+    Lightning calls each of these hooks on every callback, inherited no-op or not, each call
+    wrapped in a profiler context: with a dozen callbacks that is over a hundred calls per update,
+    a tenth of an update's time at batch size 1. Lightning skips a hook that is not callable, so an
+    instance attribute of None in place of an inherited no-op removes the call and nothing else.
+    """
+    for callback in callbacks:
+        for hook in PER_STEP_HOOKS:
+            if getattr(type(callback), hook) is getattr(L.Callback, hook):
+                setattr(callback, hook, None)
+    return callbacks
+
 
 class EpochTimer(L.Callback):
     """Logs time/epoch_seconds (the training part of each epoch, without validation) and

@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from lenet5.callbacks import EpochTimer
+from lenet5.callbacks import EpochTimer, skip_unused_hooks
 from lenet5.checkpoints import CheckpointError, load_checkpoint
 from lenet5.mnist import DataError
 from lenet5.module import LeNet5Module, NonFiniteLoss
@@ -167,7 +167,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, LeNet5Module, L.Train
         module = LeNet5Module(net=_container(cfg.model.net), loss=_container(cfg.model.loss),
                               optimizer=_container(cfg.optimizer), scheduler=_container(cfg.get("scheduler")),
                               batch_size=cfg.data.batch_size)
-        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+        callbacks = skip_unused_hooks([instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None])
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     except InstantiationException as error:

@@ -90,3 +90,35 @@ def test_unknown_option_lists_the_valid_ones(tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "Available options in 'model'" in result.stderr and "paper" in result.stderr
+
+
+def test_updates_skip_lightnings_wrappers_only_when_no_hook_needs_them(tiny_mnist):
+    """An update is a bare backward and optimizer step unless a hook wants Lightning's wrappers
+    (LeNet5Module._may_update_directly); both paths train the same weights and count the same steps."""
+    import lightning as L
+
+    from lenet5 import MNISTDataModule
+
+    class CountUpdates(L.Callback):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            self.calls += 1
+
+    def train(*callbacks: L.Callback) -> tuple[LeNet5Module, L.Trainer]:
+        torch.manual_seed(0)
+        module = LeNet5Module(batch_size=32)
+        data = MNISTDataModule(tiny_mnist, verify=False, batch_size=32, eval_batch_size=128, batches_per_step=3)
+        trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks))
+        trainer.fit(module, datamodule=data)
+        return module, trainer
+
+    direct, direct_trainer = train()
+    counter = CountUpdates()
+    wrapped, wrapped_trainer = train(counter)
+    assert direct._direct_updates and not wrapped._direct_updates
+    assert direct_trainer.global_step == wrapped_trainer.global_step == counter.calls == 2 * 384 // 32
+    for (name, a), b in zip(direct.state_dict().items(), wrapped.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -222,15 +222,22 @@ class FeatureMaps(L.Callback):
 
 
 class Histograms(L.Callback):
-    """Histograms of each layer's weights and gradients every `every_n_steps` optimizer steps
-    (and nothing in between), taken just before the step."""
+    """Histograms of each layer's weights and gradients every `every_n_steps` optimizer updates
+    (and nothing in between), written at the end of the training step that reaches the multiple:
+    the weights after its last update and the gradients that made that update. (A batch-end hook,
+    not a per-update one, so that updates stay free of hook calls: LeNet5Module._may_update_directly.)"""
 
     def __init__(self, every_n_steps: int = 1000) -> None:
         self.every_n_steps = every_n_steps
+        self._next = 0
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        if trainer.global_step % self.every_n_steps:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._next = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_step < self._next:
             return
+        self._next = (trainer.global_step // self.every_n_steps + 1) * self.every_n_steps
         writer = writer_of(trainer)
         if writer is None:
             return

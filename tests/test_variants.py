@@ -1,5 +1,6 @@
 """Every paper choice as a config group: each option composes, builds, trains, and counts right."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,7 @@ def test_multirun_makes_one_directory_per_job_and_the_report_reads_them(tiny_mni
     assert [p.name.split("_")[0] for p in jobs] == ["0", "1"]
     for job in jobs:
         assert (job / ".hydra/config.yaml").exists() and (job / "results.json").exists()
+        assert {"test_error", "val_error_best", "val_error_last"} <= set(json.loads((job / "results.json").read_text()))
         assert list((job / "checkpoints").glob("*.ckpt")) and list((job / "tensorboard").glob("events.out.*"))
     (sweep / "2_broken" / ".hydra").mkdir(parents=True)  # a job that died before it wrote results
     (sweep / "2_broken" / ".hydra/config.yaml").write_text("{}")
@@ -173,10 +175,10 @@ def test_report_merges_seeds_into_mean_and_std(tmp_path):
         (run / ".hydra/config.yaml").write_text("{}")
         (run / ".hydra/overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}", "optimizer=adam"]))
         (run / "results.json").write_text(
-            f'{{"test_error": {error}, "best_epoch": {number}, "epochs": 5, "parameters": 60000, '
-            f'"seconds_per_epoch": 10.0}}')
+            f'{{"test_error": {error}, "val_error_last": {error + 0.5}, "best_epoch": {number}, "epochs": 5, '
+            f'"parameters": 60000, "seconds_per_epoch": 10.0}}')
     printed = run_report(tmp_path)
-    assert "| optimizer=adam | 2.00 ± 1.00 | 3 | 2.0 | 5 | 60,000 | 10.0 |" in printed
+    assert "| optimizer=adam | 2.00 ± 1.00 | 2.50 | 3 | 2.0 | 5 | 60,000 | 10.0 |" in printed
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_with_threads_shared(tiny_mnist, tmp_path):

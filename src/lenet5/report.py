@@ -4,7 +4,9 @@
 
 Every directory below the given paths that holds a Hydra run (.hydra/config.yaml) is a run. Runs
 whose overrides differ only by seed are one configuration: its row gives the final test error as
-mean +- standard deviation over the seeds, the number of seeds, the best epoch (by val/error),
+mean +- standard deviation over the seeds, the validation error after the last epoch (with
+data.val=test, the default, that is the test error of the final weights, not of the best epoch's),
+the number of seeds, the best epoch (by val/error),
 the epochs trained, the trainable parameters and the training seconds per epoch. The table is
 printed as Markdown and written as CSV. A run without results.json (failed, or still running) is
 listed below the table, never counted.
@@ -27,7 +29,7 @@ import yaml
 IGNORED = re.compile(r"^(seed|paths\.|data\.data_dir|hydra\.|threads|callbacks\.progress_bar)")
 
 
-COLUMNS = ["configuration", "test_error_mean", "test_error_std", "seeds", "best_epoch", "epochs", "parameters",
+COLUMNS = ["configuration", "test_error_mean", "test_error_std", "val_error_last_mean", "seeds", "best_epoch", "epochs", "parameters",
            "seconds_per_epoch"]
 
 
@@ -51,10 +53,12 @@ class Row:
         errors = self.values("test_error")
         seconds = self.values("seconds_per_epoch")
         best = self.values("best_epoch")
+        last = self.values("val_error_last")
         return {
             "configuration": self.configuration,
             "test_error_mean": round(statistics.mean(errors), 3),
             "test_error_std": round(statistics.stdev(errors), 3) if len(errors) > 1 else "",
+            "val_error_last_mean": round(statistics.mean(last), 3) if last else "",
             "seeds": len(errors),
             "best_epoch": round(statistics.fmean(best) + 1, 1) if best else "",  # 1-based, like the paper's passes
             "epochs": max(self.values("epochs")),
@@ -65,6 +69,20 @@ class Row:
 
 def natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def last_logged(run_dir: Path, tag: str) -> float | None:
+    """The last value of a scalar in a run's TensorBoard events (for runs whose results.json
+    predates a field), or None."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = []
+    for events in sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag in accumulator.Tags().get("scalars", []):
+            values += [(event.wall_time, event.value) for event in accumulator.Scalars(tag)]
+    return max(values)[1] if values else None
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
@@ -78,7 +96,9 @@ def find_runs(paths: list[Path]) -> list[Run]:
             key = " ".join(sorted(o for o in overrides if not IGNORED.match(o.lstrip("+~")))) or "defaults"
             results_file = run_dir / "results.json"
             if results_file.exists():
-                runs.append(Run(run_dir, key, json.loads(results_file.read_text())))
+                results = json.loads(results_file.read_text())
+                results.setdefault("val_error_last", last_logged(run_dir, "val/error"))
+                runs.append(Run(run_dir, key, results))
             else:
                 log = "\n".join(p.read_text(errors="replace") for p in run_dir.glob("*.log"))
                 failed = "Traceback" in log or "Error" in log or "error:" in log
@@ -95,13 +115,14 @@ def tabulate(runs: list[Run]) -> list[Row]:
 
 
 def markdown(rows: list[Row], runs: list[Run]) -> str:
-    lines = ["| configuration | test error (%) | seeds | best epoch | epochs | parameters | s/epoch |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | test error (%) | last epoch (%) | seeds | best epoch | epochs | parameters | s/epoch |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         c = row.cells()
         error = f"{c['test_error_mean']:.2f} ± {c['test_error_std']:.2f}" if c["test_error_std"] != "" \
             else f"{c['test_error_mean']:.2f}"
-        lines.append(f"| {c['configuration']} | {error} | {c['seeds']} | {c['best_epoch']} | {c['epochs']} | "
+        last = f"{c['val_error_last_mean']:.2f}" if c["val_error_last_mean"] != "" else ""
+        lines.append(f"| {c['configuration']} | {error} | {last} | {c['seeds']} | {c['best_epoch']} | {c['epochs']} | "
                      f"{c['parameters']:,} | {c['seconds_per_epoch']} |")
     incomplete = [run for run in runs if run.results is None]
     if incomplete:

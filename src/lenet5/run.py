@@ -213,12 +213,14 @@ def train(cfg: DictConfig) -> float | None:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from(cfg, run_dir))
     val_best = trainer.callback_metrics.get("val/error_best")
+    val_last = trainer.callback_metrics.get("val/error")  # the last epoch's: with data.val=test, its test error
     best_epoch = int(trainer.callback_metrics.get("val/error_best_epoch", -1))
     tested = test_checkpoint(cfg, trainer)
     test_error = trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False)[0]["test/error"]
     if trainer.is_global_zero:
         timer = next((c for c in trainer.callbacks if isinstance(c, EpochTimer)), None)
         results = {"test_error": test_error, "val_error_best": None if val_best is None else float(val_best),
+                   "val_error_last": None if val_last is None else float(val_last),
                    "best_epoch": best_epoch, "epochs": trainer.current_epoch, "parameters": summary.parameters,
                    "connections": summary.connections, "seed": seed, "threads": threads, "tested": Path(tested).name if tested else "last",
                    "seconds_per_epoch": sum(timer.seconds) / len(timer.seconds) if timer and timer.seconds else None}

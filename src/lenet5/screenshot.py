@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def wait_until_up(url: str, seconds: float = 60) -> None:
     raise RuntimeError(f"TensorBoard did not answer at {url} within {seconds:.0f} s")
 
 
-def screenshot(logdir: Path, out: Path, tab: str = "scalars", width: int = 1600, height: int = 1100) -> Path:
+def screenshot(logdir: Path, out: Path, tab: str = "scalars", width: int = 1600, height: int = 1100,
+               tags: str = "") -> Path:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         raise RuntimeError("chromium is not installed: apt-get install chromium")
@@ -56,7 +58,7 @@ def screenshot(logdir: Path, out: Path, tab: str = "scalars", width: int = 1600,
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as profile:
             subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                            "--virtual-time-budget=20000", f"--screenshot={out.resolve()}", f"{base}/#{tab}"],
+                            "--virtual-time-budget=20000", f"--screenshot={out.resolve()}", f"{base}/?{urllib.parse.urlencode({'tagFilter': tags})}#{tab}"],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180)
     finally:
         tensorboard.terminate()
@@ -69,11 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("logdir", type=Path, help="a run directory (or a sweep's) with TensorBoard logs")
     parser.add_argument("out", type=Path, help="the PNG to write")
     parser.add_argument("--tab", default="scalars", help="TensorBoard's tab: scalars, images, hparams, ...")
+    parser.add_argument("--tags", default="", help="a regular expression: show only the tags it matches "
+                        "(TensorBoard's tag filter)")
     parser.add_argument("--size", default="1600x1100", help="window size, WIDTHxHEIGHT")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
     try:
-        print(screenshot(args.logdir, args.out, args.tab, width, height))
+        print(screenshot(args.logdir, args.out, args.tab, width, height, args.tags))
     except (RuntimeError, subprocess.SubprocessError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

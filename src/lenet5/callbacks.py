@@ -11,6 +11,11 @@ PER_STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backw
                   "on_before_optimizer_step", "on_before_zero_grad")
 
 
+def implements(callback: L.Callback, hook: str) -> bool:
+    """Whether `callback` has a hook of its own, not Callback's inherited no-op (or None in its place)."""
+    return callable(getattr(callback, hook, None)) and getattr(type(callback), hook) is not getattr(L.Callback, hook)
+
+
 def skip_unused_hooks(callbacks: list[L.Callback]) -> list[L.Callback]:
     """Let Lightning skip the per-step hooks a callback does not implement.
 
@@ -21,7 +26,7 @@ def skip_unused_hooks(callbacks: list[L.Callback]) -> list[L.Callback]:
     """
     for callback in callbacks:
         for hook in PER_STEP_HOOKS:
-            if getattr(type(callback), hook) is getattr(L.Callback, hook):
+            if not implements(callback, hook):
                 setattr(callback, hook, None)
     return callbacks
 

@@ -19,6 +19,7 @@ from lightning.pytorch.plugins import Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torchmetrics import Metric
 
+from lenet5.callbacks import implements
 from lenet5.network import LeNet5
 
 # Lightning 2.6 calls an API that torch 2.14 deprecates, once per batch transfer: not ours to fix.
@@ -157,8 +158,7 @@ class LeNet5Module(L.LightningModule):
             return False
         if any(getattr(type(self), hook) is not getattr(L.LightningModule, hook) for hook in PER_UPDATE_HOOKS):
             return False
-        return not any(callable(getattr(callback, hook, None)) and getattr(type(callback), hook) is not getattr(
-            L.Callback, hook) for callback in trainer.callbacks for hook in PER_UPDATE_HOOKS)
+        return not any(implements(callback, hook) for callback in trainer.callbacks for hook in PER_UPDATE_HOOKS)
 
     def on_train_epoch_start(self) -> None:
         self._train_wrong, self._train_loss, self._train_count = (

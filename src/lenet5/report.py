@@ -97,7 +97,8 @@ def find_runs(paths: list[Path]) -> list[Run]:
             results_file = run_dir / "results.json"
             if results_file.exists():
                 results = json.loads(results_file.read_text())
-                results.setdefault("val_error_last", last_logged(run_dir, "val/error"))
+                if "val_error_last" not in results:  # read the events only for runs that predate the field
+                    results["val_error_last"] = last_logged(run_dir, "val/error")
                 runs.append(Run(run_dir, key, results))
             else:
                 log = "\n".join(p.read_text(errors="replace") for p in run_dir.glob("*.log"))

@@ -156,7 +156,7 @@ def batches_per_step(cfg: DictConfig) -> int:
     as much as the update itself, so auto gives a step 64 images' worth of batches. Under DDP a
     step is one batch (one forward and backward per step is what DDP synchronizes)."""
     value = (cfg.get("speed") or {}).get("batches_per_step", "auto")
-    if cfg.trainer.get("strategy") not in (None, "auto") and cfg.trainer.get("strategy") != "single_device":
+    if cfg.trainer.get("strategy") not in (None, "auto", "single_device"):
         return 1
     return max(1, 64 // cfg.data.batch_size) if value == "auto" else int(value)
 

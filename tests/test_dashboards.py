@@ -28,7 +28,8 @@ def events(run_dir: Path) -> EventAccumulator:
 def dashboard_run(tiny_mnist, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("dashboards")
     result = run_train(*tiny_run_overrides(tiny_mnist, run_dir, "trainer.max_epochs=3", "optimizer=adam",
-                                           "data.distort=true", "callbacks.histograms.every_n_steps=5", "seed=0"))
+                                           "data.distort=true", "callbacks.histograms.every_n_steps=5", "speed.batches_per_step=2",
+                                           "seed=0"))
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 

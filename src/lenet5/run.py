@@ -31,6 +31,7 @@ from lenet5.module import LeNet5Module, NonFiniteLoss
 # which Hydra configures (console and the run's train.log): keep only Hydra's, so each line shows once.
 logging.getLogger("lightning").handlers.clear()
 
+IMAGES_PER_STEP = 256  # speed.batches_per_step=auto: training images per Lightning step (see batches_per_step)
 # The metrics that TensorBoard's HParams tab shows against each run's hyperparameters.
 HPARAM_METRICS = ("val/error_best", "test/error")
 
@@ -153,12 +154,13 @@ def log_hparams(loggers: list[Any], hparams: dict[str, Any]) -> None:
 def batches_per_step(cfg: DictConfig) -> int:
     """How many training batches each Lightning step makes updates on (speed.batches_per_step).
     Lightning's own work per step is fixed (about 0.7 ms here): at batch size 1 it would cost half
-    as much as the update itself, so auto gives a step 64 images' worth of batches. Under DDP a
-    step is one batch (one forward and backward per step is what DDP synchronizes)."""
+    as much as the update itself, and at batch 32 with two batches per step still 6-8% of the
+    epoch (`python -m lenet5.bench`), so auto gives a step 256 images' worth of batches. Under DDP
+    a step is one batch (one forward and backward per step is what DDP synchronizes)."""
     value = (cfg.get("speed") or {}).get("batches_per_step", "auto")
     if cfg.trainer.get("strategy") not in (None, "auto", "single_device"):
         return 1
-    return max(1, 64 // cfg.data.batch_size) if value == "auto" else int(value)
+    return max(1, IMAGES_PER_STEP // cfg.data.batch_size) if value == "auto" else int(value)
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, LeNet5Module, L.Trainer]:

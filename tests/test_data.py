@@ -122,3 +122,32 @@ def test_validation_defaults_to_the_official_test_set(tiny_mnist):
     data.setup()
     assert data.splits["val"][0] is data.splits["test"][0]
     assert len(data.splits["train"][0]) == 384
+
+
+class _TrainerOn:
+    """Just what the data module asks of a Trainer to place its splits: the strategy's device."""
+
+    def __init__(self, device: str) -> None:
+        self.strategy = type("Strategy", (), {"root_device": torch.device(device)})()
+        self.global_rank, self.world_size = 0, 1
+
+
+@pytest.mark.parametrize(("on_device", "device", "moved"), [
+    ("auto", "meta", True), (True, "meta", True), (False, "meta", False), ("auto", "cpu", False)])
+def test_splits_move_to_the_accelerator_once_and_batches_are_drawn_there(tiny_mnist, on_device, device, moved):
+    # The meta device stands in for a GPU here: tensors really move to it and index there.
+    data = MNISTDataModule(tiny_mnist, verify=False, on_device=on_device, batch_size=32)
+    data.setup()
+    data.trainer = _TrainerOn(device)
+    loaders = [data.train_dataloader(), data.val_dataloader(), data.test_dataloader()]
+    expected = torch.device(device if moved else "cpu")
+    for loader in loaders:
+        images, labels = next(iter(loader))
+        assert images.device == expected and labels.device == expected and images.shape[1:] == (1, 32, 32)
+    assert data.splits["val"][0] is data.splits["test"][0]  # val=test stays one tensor on the device
+    assert data.train_dataloader().images is loaders[0].images  # moved once, not per loader
+
+
+def test_a_bad_on_device_value_is_a_clear_error(tiny_mnist):
+    with pytest.raises(DataError, match="data.on_device must be true, false or auto"):
+        MNISTDataModule(tiny_mnist, verify=False, on_device="gpu")

@@ -105,7 +105,7 @@ class IndexBatches:
         return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self):
-        order = self.sampler.indices()
+        order = self.sampler.indices().to(self.images.device)  # index where the data are: no copy per batch
         for start in range(0, len(order), self.batch_size):
             index = order[start:start + self.batch_size]
             yield self.images[index], self.labels[index]
@@ -123,7 +123,8 @@ class MNISTDataModule(L.LightningDataModule):
                  val: Literal["test", "holdout"] = "test", holdout_size: int = 5000, split_seed: int = 0,
                  seed: int = 0, verify: bool = True, sources: tuple[str, ...] = ("torchvision", "npm"),
                  input_size: int = 32, scaling: str = "paper", distort: bool = False,
-                 distortion: dict | None = None, batches_per_step: int = 1) -> None:
+                 distortion: dict | None = None, batches_per_step: int = 1,
+                 on_device: bool | Literal["auto"] = "auto") -> None:
         super().__init__()
         if val not in ("test", "holdout"):
             raise DataError(f"data.val must be 'test' or 'holdout', got '{val}'")
@@ -131,6 +132,9 @@ class MNISTDataModule(L.LightningDataModule):
             raise DataError(f"unknown input scaling '{scaling}'; choose from {', '.join(SCALINGS)}")
         self.input_size, self.scaling = input_size, scaling
         self.batches_per_step = batches_per_step  # training batches handed to each Lightning step
+        if on_device not in (True, False, "auto"):
+            raise DataError(f"data.on_device must be true, false or auto, got '{on_device}'")
+        self.on_device = on_device
         self.distortion = RandomAffine(**(distortion or {})) if distort else None
         self.data_dir, self.batch_size, self.eval_batch_size = Path(data_dir), batch_size, eval_batch_size
         self.val, self.holdout_size, self.split_seed, self.seed = val, holdout_size, split_seed, seed
@@ -176,12 +180,31 @@ class MNISTDataModule(L.LightningDataModule):
         trainer = self.trainer
         return {"rank": trainer.global_rank, "world": trainer.world_size} if trainer is not None else {}
 
+    def _place_splits(self) -> None:
+        """Move every split to the trainer's device once (data.on_device; auto: when that is not
+        the CPU), so that a batch is an index into device memory and nothing is copied per batch.
+        MNIST at 32x32 in float32 is 290 MB in all. With val=test, val and test stay one tensor."""
+        trainer = self.trainer
+        if trainer is None or self.on_device is False:
+            return
+        device = trainer.strategy.root_device
+        if self.on_device == "auto" and device.type == "cpu":
+            return
+        moved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for name, (images, labels) in self.splits.items():
+            if id(images) not in moved:
+                moved[id(images)] = (images.to(device), labels.to(device))
+            self.splits[name] = moved[id(images)]
+
     def train_dataloader(self) -> IndexBatches:
+        self._place_splits()
         return IndexBatches(*self.splits["train"], self.batch_size * self.batches_per_step, shuffle=True,
                             seed=self.seed, **self._shard())
 
     def val_dataloader(self) -> IndexBatches:
+        self._place_splits()
         return IndexBatches(*self.splits["val"], self.eval_batch_size, **self._shard())
 
     def test_dataloader(self) -> IndexBatches:
+        self._place_splits()
         return IndexBatches(*self.splits["test"], self.eval_batch_size, **self._shard())

@@ -74,6 +74,7 @@ def test_only_training_batches_are_distorted(tiny_mnist):
             seen["test"].append(batch[0].clone())
             return super().test_step(batch, batch_idx)
 
+    L.seed_everything(0)
     data = MNISTDataModule(tiny_mnist, verify=False, batch_size=384, eval_batch_size=128, distort=True)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
@@ -82,5 +83,6 @@ def test_only_training_batches_are_distorted(tiny_mnist):
     stored_train, stored_test = data.splits["train"][0], data.splits["test"][0]
     assert torch.equal(seen["val"][0], stored_test) and torch.equal(seen["test"][0], stored_test)
     presented = seen["train"][0]
-    unchanged = [any(torch.equal(image, original) for original in stored_train) for image in presented[:64]]
-    assert 0 < sum(unchanged) < 20  # about 1 in 10 presented as it is, the rest distorted
+    unchanged = sum(bool((stored_train == image).flatten(1).all(1).any()) for image in presented)
+    # about 1 in 10 of the 384 presented as it is, the rest distorted (seeded above: not left to chance)
+    assert 10 < unchanged < 80, unchanged

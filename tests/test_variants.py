@@ -204,3 +204,23 @@ def test_optuna_sweeper_minimizes_val_error_best(tiny_mnist, tmp_path):
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["name"] == "optuna" and 0.0 <= best["best_value"] <= 100.0
     assert set(best["best_params"]) == {"optimizer.lr", "optimizer.mu", "model.loss.j"}
+
+
+def test_report_shows_how_far_an_unfinished_run_got_and_each_epochs_error(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "0_seed=1"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra/config.yaml").write_text("{}")
+    (run / ".hydra/overrides.yaml").write_text(yaml.safe_dump(["seed=1", "experiment=paper_online"]))
+    with SummaryWriter(str(run / "tensorboard")) as writer:  # a run stopped after three epochs
+        for step, error in [(235, 2.5), (470, 1.5), (705, 1.75)]:
+            writer.add_scalar("val/error", error, step)
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "lenet5.report", str(tmp_path), "--per-epoch"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "unfinished" in result.stdout
+    assert "3 epochs logged, val/error best 1.50 (epoch 2), last 1.75" in result.stdout
+    assert "| 0_seed=1 | 2.50 | 1.50 | 1.75 |" in result.stdout

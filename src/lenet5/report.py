@@ -1,6 +1,6 @@
 """Turn sweeps and runs into a results table.
 
-    python -m lenet5.report outputs/multirun/2026-11-22/10-00-00-000000 [more sweeps or runs] [--csv out.csv]
+    python -m lenet5.report outputs/multirun/2026-11-22/10-00-00-000000 [more sweeps or runs] [--csv out.csv] [--per-epoch]
 
 Every directory below the given paths that holds a Hydra run (.hydra/config.yaml) is a run. Runs
 whose overrides differ only by seed are one configuration: its row gives the final test error as
@@ -9,7 +9,9 @@ data.val=test, the default, that is the test error of the final weights, not of 
 the number of seeds, the best epoch (by val/error),
 the epochs trained, the trainable parameters and the training seconds per epoch. The table is
 printed as Markdown and written as CSV. A run without results.json (failed, or still running) is
-listed below the table, never counted.
+listed below the table, never counted, with how far its TensorBoard events say it got (epochs
+logged, best and last val/error). `--per-epoch` adds a table of every run's val/error after each
+epoch (from its events), for following a sweep that is still running or was stopped.
 """
 
 from __future__ import annotations
@@ -71,18 +73,47 @@ def natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
-def last_logged(run_dir: Path, tag: str) -> float | None:
-    """The last value of a scalar in a run's TensorBoard events (for runs whose results.json
-    predates a field), or None."""
+def logged(run_dir: Path, tag: str) -> list[float]:
+    """A scalar's values in a run's TensorBoard events, in step order; where a resumed run wrote a
+    step twice, the later write counts."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    values = []
+    by_step: dict[int, tuple[float, float]] = {}
     for events in sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*")):
         accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
         accumulator.Reload()
         if tag in accumulator.Tags().get("scalars", []):
-            values += [(event.wall_time, event.value) for event in accumulator.Scalars(tag)]
-    return max(values)[1] if values else None
+            for event in accumulator.Scalars(tag):
+                if event.step not in by_step or event.wall_time >= by_step[event.step][0]:
+                    by_step[event.step] = (event.wall_time, event.value)
+    return [value for _, (_, value) in sorted(by_step.items())]
+
+
+def last_logged(run_dir: Path, tag: str) -> float | None:
+    """The last value of a scalar in a run's events (for runs whose results.json predates a field)."""
+    values = logged(run_dir, tag)
+    return values[-1] if values else None
+
+
+def progress(run: Run) -> str:
+    """How far an unfinished or failed run got, by its val/error events (epochs 1-based)."""
+    errors = logged(run.path, "val/error")
+    if not errors:
+        return "no epoch logged"
+    best = min(range(len(errors)), key=errors.__getitem__)
+    return (f"{len(errors)} epochs logged, val/error best {errors[best]:.2f} (epoch {best + 1}), "
+            f"last {errors[-1]:.2f}")
+
+
+def per_epoch(runs: list[Run]) -> str:
+    """Every run's val/error after each epoch, a row per run."""
+    series = [(run, logged(run.path, "val/error")) for run in runs]
+    width = max((len(errors) for _, errors in series), default=0)
+    lines = ["| run | " + " | ".join(str(epoch) for epoch in range(1, width + 1)) + " |",
+             "|---|" + "---|" * width]
+    for run, errors in series:
+        lines.append(f"| {run.path.name} | " + " | ".join(f"{e:.2f}" for e in errors) + " |" * (width - len(errors) + 1))
+    return "\n".join(["val/error (%) after each epoch:", "", *lines])
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
@@ -128,7 +159,7 @@ def markdown(rows: list[Row], runs: list[Run]) -> str:
     incomplete = [run for run in runs if run.results is None]
     if incomplete:
         lines += ["", "Not counted (no results.json):"]
-        lines += [f"- {run.status}: {run.path} ({run.configuration})" for run in incomplete]
+        lines += [f"- {run.status}: {run.path} ({run.configuration}): {progress(run)}" for run in incomplete]
     return "\n".join(lines)
 
 
@@ -136,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lenet5.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="sweep directories, run directories, or folders of them")
     parser.add_argument("--csv", type=Path, help="where to write the CSV (default: report.csv in the first path)")
+    parser.add_argument("--per-epoch", action="store_true", help="also every run's val/error after each epoch")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.paths if not p.is_dir()]
     if missing:
@@ -148,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = tabulate(runs)
     print(markdown(rows, runs))
+    if args.per_epoch:
+        print("\n" + per_epoch(runs))
     out = args.csv or args.paths[0] / "report.csv"
     with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import re
 import statistics
@@ -73,7 +74,8 @@ def natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
-def logged(run_dir: Path, tag: str) -> list[float]:
+@functools.cache  # the progress lines and --per-epoch read the same runs' events
+def logged(run_dir: Path, tag: str) -> tuple[float, ...]:
     """A scalar's values in a run's TensorBoard events, in step order; where a resumed run wrote a
     step twice, the later write counts."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -86,7 +88,7 @@ def logged(run_dir: Path, tag: str) -> list[float]:
             for event in accumulator.Scalars(tag):
                 if event.step not in by_step or event.wall_time >= by_step[event.step][0]:
                     by_step[event.step] = (event.wall_time, event.value)
-    return [value for _, (_, value) in sorted(by_step.items())]
+    return tuple(value for _, (_, value) in sorted(by_step.items()))
 
 
 def last_logged(run_dir: Path, tag: str) -> float | None:

@@ -180,6 +180,8 @@ def test_predict_reports_bad_images_and_keeps_the_good_results(modern_run, tmp_p
     ("trainer.max_epochs=0", "trainer.max_epochs must be a whole number of at least 1, got 0"),
     ("trainer.max_epoch=3", "there is no key 'max_epoch' in 'trainer'; valid keys there: "),
     ("optimizer=sgdd", "Available options in 'optimizer'"),
+    ("ckpt_path=sweep/0_seed=1/checkpoints/last.ckpt",
+     """quote it: 'ckpt_path="sweep/0_seed=1/checkpoints/last.ckpt"'"""),
 ])
 def test_a_bad_override_is_one_clear_message(tmp_path, override, message):
     result = run_train(override, f"hydra.run.dir={tmp_path}")

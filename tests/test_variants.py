@@ -135,6 +135,18 @@ def sweep_overrides(tiny_mnist: Path, sweep_dir: Path, *extra: str) -> list[str]
             "data.eval_batch_size=64", "trainer.max_epochs=1", *extra]
 
 
+def test_a_sweep_job_resumes_from_its_directory_named_after_its_overrides(tiny_mnist, tmp_path):
+    """A job's directory is named after its overrides (`0_..._seed=4_...`): resume must pass it to Hydra quoted."""
+    result = run_train(*sweep_overrides(tiny_mnist, tmp_path, "seed=4", "callbacks=minimal"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    [job] = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert "seed=4" in job.name
+    resumed = run_train(f"resume={job}", "trainer.max_epochs=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((job / "results.json").read_text())
+    assert results["epochs"] == 2 and results["seed"] == 4
+
+
 def test_multirun_makes_one_directory_per_job_and_the_report_reads_them(tiny_mnist, tmp_path):
     sweep = tmp_path / "sweep"
     result = run_train(*sweep_overrides(tiny_mnist, sweep, "model/pooling=subsample,max", "seed=1"))

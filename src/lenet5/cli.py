@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -31,15 +32,25 @@ def resume_arguments(argv: list[str]) -> list[str]:
                  f"start it again instead")
     rest = [arg for arg in argv if not arg.startswith("resume=")]
     # The resumed invocation records its own Hydra files in .hydra/resumed, keeping the original's.
-    return [f"--config-path={saved.parent}", "--config-name=config", f"hydra.run.dir={run_dir}",
-            "hydra.output_subdir=.hydra/resumed", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", *rest]
+    return [f"--config-path={saved.parent}", "--config-name=config", f"hydra.run.dir={quoted(run_dir)}",
+            "hydra.output_subdir=.hydra/resumed", f"ckpt_path={quoted(run_dir / 'checkpoints' / 'last.ckpt')}", *rest]
+
+
+def quoted(path: Path) -> str:
+    """A path as a quoted value of Hydra's override grammar: a sweep's run directories are named after
+    their overrides (`0_optimizer=sdlm`), and an unquoted '=' or ',' there is a syntax error."""
+    # Hydra reads a backslash as an escape only before a quote or the closing quote.
+    escaped = re.sub(r"(\\*)'", r"\1\1\\'", str(path))
+    return "'" + re.sub(r"(\\+)$", r"\1\1", escaped) + "'"
 
 
 def explain_unknown_keys(argv: list[str], config_dir: Path, config_name: str) -> None:
     """Print the valid keys for each `key=value` override whose key is not in the composed config."""
+    parser = OverridesParser.create()
     try:
-        overrides = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
+        overrides = parser.parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
     except Exception:  # noqa: BLE001 - a syntax error: Hydra has already said what it is
+        explain_unquoted_paths(argv, parser)
         return
     groups = [o.input_line for o in overrides if _is_group(o.key_or_group, config_dir)]
     GlobalHydra.instance().clear()
@@ -60,6 +71,20 @@ def explain_unknown_keys(argv: list[str], config_dir: Path, config_name: str) ->
                 where = f"'{parent}'" if parent else "the top level"
                 print(f"error: there is no key '{leaf}' in {where}; valid keys there: {valid}. "
                       f"To add a new key, write +{key}=...", file=sys.stderr)
+
+
+def explain_unquoted_paths(argv: list[str], parser: OverridesParser) -> None:
+    """Hydra's 'mismatched input' for a path that holds '=' or ',' (a sweep job's directory) says
+    nothing of quoting: say it, with the override written the way that works."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if arg.startswith("-") or not value or not any(c in value for c in "=, "):
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except Exception:  # noqa: BLE001 - this is the override Hydra could not read
+            print(f"error: the value of {key} holds '=', ',' or a space, which Hydra reads as syntax; quote it: "
+                  f"'{key}=\"{value}\"'", file=sys.stderr)
 
 
 def _is_group(key: str, config_dir: Path) -> bool:

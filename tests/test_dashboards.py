@@ -1,5 +1,6 @@
 """TensorBoard panels, read back with TensorBoard's own EventAccumulator."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,18 @@ def test_each_panel_can_be_switched_off(tiny_mnist, tmp_path, switch, absent):
     if switch == "callbacks.histograms=null":
         assert not tags["histograms"]
         assert IMAGES <= set(tags["images"])
+
+
+def test_results_time_every_epoch_also_when_an_earlier_checkpoint_is_tested(tiny_mnist, tmp_path):
+    """Testing the best checkpoint restores the callbacks' state saved with it; the run's
+    seconds_per_epoch must still average all its epochs. The rate is 0 in epoch 2, so its val/error
+    ties epoch 1's and the best checkpoint (a strict improvement) stays epoch 1's."""
+    result = run_train(*tiny_run_overrides(tiny_mnist, tmp_path, "trainer.max_epochs=2", "optimizer=sgd",
+                                           "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0",
+                                           "callbacks=minimal"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["tested"].startswith("epoch000") and results["epochs"] == 2
+    seconds = [event.value for event in events(tmp_path).Scalars("time/epoch_seconds")]
+    assert len(seconds) == 2
+    assert results["seconds_per_epoch"] == pytest.approx(sum(seconds) / 2, rel=1e-5)

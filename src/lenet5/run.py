@@ -217,15 +217,18 @@ def train(cfg: DictConfig) -> float | None:
     val_best = trainer.callback_metrics.get("val/error_best")
     val_last = trainer.callback_metrics.get("val/error")  # the last epoch's: with data.val=test, its test error
     best_epoch = int(trainer.callback_metrics.get("val/error_best_epoch", -1))
+    # Read before testing: trainer.test(ckpt_path=...) restores the callbacks' state from that
+    # checkpoint too, and the best one holds only the epochs up to it.
+    timer = next((c for c in trainer.callbacks if isinstance(c, EpochTimer)), None)
+    seconds = list(timer.seconds) if timer else []
     tested = test_checkpoint(cfg, trainer)
     test_error = trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False)[0]["test/error"]
     if trainer.is_global_zero:
-        timer = next((c for c in trainer.callbacks if isinstance(c, EpochTimer)), None)
         results = {"test_error": test_error, "val_error_best": None if val_best is None else float(val_best),
                    "val_error_last": None if val_last is None else float(val_last),
                    "best_epoch": best_epoch, "epochs": trainer.current_epoch, "parameters": summary.parameters,
                    "connections": summary.connections, "seed": seed, "threads": threads, "tested": Path(tested).name if tested else "last",
-                   "seconds_per_epoch": sum(timer.seconds) / len(timer.seconds) if timer and timer.seconds else None}
+                   "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None}
         (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         source = f"best checkpoint {Path(tested).name}" if tested else "weights after the last epoch"
         images = len(datamodule.splits["test"][1])

@@ -226,8 +226,9 @@ def test_report_shows_how_far_an_unfinished_run_got_and_each_epochs_error(tmp_pa
     (run / ".hydra/config.yaml").write_text("{}")
     (run / ".hydra/overrides.yaml").write_text(yaml.safe_dump(["seed=1", "experiment=paper_online"]))
     with SummaryWriter(str(run / "tensorboard")) as writer:  # a run stopped after three epochs
-        for step, error in [(235, 2.5), (470, 1.5), (705, 1.75)]:
+        for step, error, seconds in [(235, 2.5, 130.2), (470, 1.5, 135.6), (705, 1.75, 300.0)]:
             writer.add_scalar("val/error", error, step)
+            writer.add_scalar("time/epoch_seconds", seconds, step)
     import subprocess
     import sys
     result = subprocess.run([sys.executable, "-m", "lenet5.report", str(tmp_path), "--per-epoch"],
@@ -235,4 +236,5 @@ def test_report_shows_how_far_an_unfinished_run_got_and_each_epochs_error(tmp_pa
     assert result.returncode == 0, result.stderr
     assert "unfinished" in result.stdout
     assert "3 epochs logged, val/error best 1.50 (epoch 2), last 1.75" in result.stdout
-    assert "| 0_seed=1 | 2.50 | 1.50 | 1.75 |" in result.stdout
+    errors, seconds = result.stdout.split("val/error (%) after each epoch:")[1].split("training seconds of each epoch")
+    assert "| 0_seed=1 | 2.50 | 1.50 | 1.75 |" in errors and "| 0_seed=1 | 130 | 136 | 300 |" in seconds

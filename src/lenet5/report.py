@@ -10,8 +10,9 @@ the number of seeds, the best epoch (by val/error),
 the epochs trained, the trainable parameters and the training seconds per epoch. The table is
 printed as Markdown and written as CSV. A run without results.json (failed, or still running) is
 listed below the table, never counted, with how far its TensorBoard events say it got (epochs
-logged, best and last val/error). `--per-epoch` adds a table of every run's val/error after each
-epoch (from its events), for following a sweep that is still running or was stopped.
+logged, best and last val/error). `--per-epoch` adds tables of every run's val/error after each
+epoch and of each epoch's training seconds (from its events), for following a sweep that is still
+running or was stopped, and for timing one whose load changed as it ran.
 """
 
 from __future__ import annotations
@@ -107,15 +108,24 @@ def progress(run: Run) -> str:
             f"last {errors[-1]:.2f}")
 
 
+PER_EPOCH = [("val/error", "val/error (%) after each epoch", "{:.2f}"),
+             ("time/epoch_seconds", "training seconds of each epoch (without validation)", "{:.0f}")]
+
+
 def per_epoch(runs: list[Run]) -> str:
-    """Every run's val/error after each epoch, a row per run."""
-    series = [(run, logged(run.path, "val/error")) for run in runs]
-    width = max((len(errors) for _, errors in series), default=0)
-    lines = ["| run | " + " | ".join(str(epoch) for epoch in range(1, width + 1)) + " |",
-             "|---|" + "---|" * width]
-    for run, errors in series:
-        lines.append(f"| {run.path.name} | " + " | ".join(f"{e:.2f}" for e in errors) + " |" * (width - len(errors) + 1))
-    return "\n".join(["val/error (%) after each epoch:", "", *lines])
+    """Every run's val/error after each epoch and the seconds each epoch trained, a row per run."""
+    tables = []
+    for tag, title, form in PER_EPOCH:
+        series = [(run, logged(run.path, tag)) for run in runs]
+        width = max((len(values) for _, values in series), default=0)
+        if not width:
+            continue
+        lines = ["| run | " + " | ".join(str(epoch) for epoch in range(1, width + 1)) + " |", "|---|" + "---|" * width]
+        for run, values in series:
+            cells = " | ".join(form.format(value) for value in values)
+            lines.append(f"| {run.path.name} | {cells} |" + " |" * (width - len(values)))
+        tables.append("\n".join([f"{title}:", "", *lines]))
+    return "\n\n".join(tables)
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
@@ -169,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lenet5.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="sweep directories, run directories, or folders of them")
     parser.add_argument("--csv", type=Path, help="where to write the CSV (default: report.csv in the first path)")
-    parser.add_argument("--per-epoch", action="store_true", help="also every run's val/error after each epoch")
+    parser.add_argument("--per-epoch", action="store_true", help="also every run's val/error and training seconds, epoch by epoch")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.paths if not p.is_dir()]
     if missing:

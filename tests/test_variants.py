@@ -172,10 +172,11 @@ def test_multirun_makes_one_directory_per_job_and_the_report_reads_them(tiny_mni
     assert "failed:" in printed and "2_broken" in printed
 
 
-def run_report(*paths: Path) -> str:
+def run_report(*arguments: Path | str) -> str:
     import subprocess
     import sys
-    result = subprocess.run([sys.executable, "-m", "lenet5.report", *map(str, paths)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "lenet5.report", *map(str, arguments)], capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -229,12 +230,8 @@ def test_report_shows_how_far_an_unfinished_run_got_and_each_epochs_error(tmp_pa
         for step, error, seconds in [(235, 2.5, 130.2), (470, 1.5, 135.6), (705, 1.75, 300.0)]:
             writer.add_scalar("val/error", error, step)
             writer.add_scalar("time/epoch_seconds", seconds, step)
-    import subprocess
-    import sys
-    result = subprocess.run([sys.executable, "-m", "lenet5.report", str(tmp_path), "--per-epoch"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "unfinished" in result.stdout
-    assert "3 epochs logged, val/error best 1.50 (epoch 2), last 1.75" in result.stdout
-    errors, seconds = result.stdout.split("val/error (%) after each epoch:")[1].split("training seconds of each epoch")
+    printed = run_report(tmp_path, "--per-epoch")
+    assert "unfinished" in printed
+    assert "3 epochs logged, val/error best 1.50 (epoch 2), last 1.75" in printed
+    errors, seconds = printed.split("val/error (%) after each epoch:")[1].split("training seconds of each epoch")
     assert "| 0_seed=1 | 2.50 | 1.50 | 1.75 |" in errors and "| 0_seed=1 | 130 | 136 | 300 |" in seconds

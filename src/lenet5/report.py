@@ -75,21 +75,27 @@ def natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
-@functools.cache  # the progress lines and --per-epoch read the same runs' events
 def logged(run_dir: Path, tag: str) -> tuple[float, ...]:
     """A scalar's values in a run's TensorBoard events, in step order; where a resumed run wrote a
     step twice, the later write counts."""
+    return scalars(run_dir).get(tag, ())
+
+
+@functools.cache  # the progress lines and both --per-epoch tables read the same runs' events once
+def scalars(run_dir: Path) -> dict[str, tuple[float, ...]]:
+    """Every scalar in a run's TensorBoard events (all its event files, a resumed run's too)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    by_step: dict[int, tuple[float, float]] = {}
+    by_tag: dict[str, dict[int, tuple[float, float]]] = {}
     for events in sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*")):
         accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
         accumulator.Reload()
-        if tag in accumulator.Tags().get("scalars", []):
+        for tag in accumulator.Tags().get("scalars", []):
+            by_step = by_tag.setdefault(tag, {})
             for event in accumulator.Scalars(tag):
                 if event.step not in by_step or event.wall_time >= by_step[event.step][0]:
                     by_step[event.step] = (event.wall_time, event.value)
-    return tuple(value for _, (_, value) in sorted(by_step.items()))
+    return {tag: tuple(value for _, (_, value) in sorted(by_step.items())) for tag, by_step in by_tag.items()}
 
 
 def last_logged(run_dir: Path, tag: str) -> float | None:
